@@ -1,0 +1,1 @@
+"""The built-in management commands, one module each (installed as ``dbinit.commands``)."""

@@ -1,0 +1,144 @@
+"""Running Alembic for ``migrate`` (the only place SQLAlchemy/Alembic load).
+
+Works with projects made by ``alembic init`` unmodified, sync or async
+template: ``DATABASE_URL`` reaches ``env.py`` as ``sqlalchemy.url`` with the
+driver the template needs, and Alembic runs in a worker thread, where the
+async template's ``asyncio.run`` works. Each migration runs in its own
+transaction (``transaction_per_migration``) unless ``env.py`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from dbinit.errors import ConfigurationError, MigrationFailed
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from structlog.typing import FilteringBoundLogger
+
+    from dbinit.scripts import MigrationScripts
+    from dbinit.settings import Settings
+
+_ASYNC_MARKERS = ("async_engine_from_config", "create_async_engine", "AsyncEngine", "AsyncConnection")
+
+
+def env_is_async(scripts: MigrationScripts) -> bool:
+    """Whether ``env.py`` uses an async engine (the ``async`` template)."""
+    if scripts.script_location is None:
+        return False
+    env = scripts.script_location / "env.py"
+    try:
+        text = env.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(marker in text for marker in _ASYNC_MARKERS)
+
+
+def alembic_config(settings: Settings, scripts: MigrationScripts, stdout: TextIO | None = None) -> Config:
+    from alembic.config import Config
+
+    if scripts.alembic_ini is None:
+        raise ConfigurationError(
+            "migrate needs alembic.ini (DBINIT_ALEMBIC_INI), not only a versions folder",
+            hint="Run where alembic.ini is or set DBINIT_ALEMBIC_INI",
+        )
+    config = Config(str(scripts.alembic_ini), stdout=stdout or sys.stdout)
+    config.output_buffer = stdout or sys.stdout
+    url = settings.url.for_sqlalchemy(async_driver=env_is_async(scripts))
+    # configparser interpolation: a percent-encoded password must be escaped.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if scripts.script_location is not None:
+        config.set_main_option("script_location", str(scripts.script_location))
+    config.attributes["dbinit.settings"] = settings
+    return config
+
+
+def upgrade(settings: Settings, scripts: MigrationScripts, log: FilteringBoundLogger) -> list[str]:
+    """``alembic upgrade heads``; returns the applied revisions in order."""
+    from alembic import util as alembic_util
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+
+    config = alembic_config(settings, scripts)
+    script = ScriptDirectory.from_config(config)
+    applied: list[str] = []
+    planned: list[str] = []
+
+    def on_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        if step.is_upgrade:
+            applied.append(step.up_revision_id)
+            log.info("Migration applied", revision=step.up_revision_id, doc=step.up_revision.doc)
+
+    def steps(rev: Any, context: Any) -> Any:
+        result = script._upgrade_revs("heads", rev)
+        planned.extend(step.revision.revision for step in result)
+        if result:
+            log.info("Running pending migrations", count=len(result))
+        return result
+
+    environment = EnvironmentContext(
+        config, script, fn=steps, as_sql=False, starting_rev=None, destination_rev="heads", tag=None
+    )
+    configure = environment.configure
+
+    def configure_per_migration(*args: Any, **kwargs: Any) -> None:
+        # env.py is not ours to edit: default to one transaction per migration and
+        # add our callback to whatever env.py passes. (Alembic's module proxy calls
+        # the instance's attribute, so a subclass would not be seen.)
+        kwargs.setdefault("transaction_per_migration", True)
+        callbacks = alembic_util.to_tuple(kwargs.get("on_version_apply"), default=())
+        kwargs["on_version_apply"] = (*callbacks, on_apply)
+        configure(*args, **kwargs)
+
+    environment.configure = configure_per_migration  # type: ignore[method-assign]
+    try:
+        with environment:
+            script.run_env()
+    except Exception as exc:
+        failing = next((r for r in planned if r not in applied), None)
+        raise migration_error(exc, failing, scripts) from exc
+    return applied
+
+
+def offline_sql(
+    settings: Settings, scripts: MigrationScripts, stdout: TextIO, from_revision: str | None
+) -> None:
+    """Print the SQL of ``upgrade heads`` (from ``from_revision`` or the base)."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    config = alembic_config(settings, scripts, stdout=stdout)
+    target = f"{from_revision}:heads" if from_revision else "heads"
+    try:
+        command.upgrade(config, target, sql=True)
+    except CommandError as exc:
+        raise ConfigurationError(f"cannot render offline SQL: {exc}") from None
+
+
+def migration_error(exc: BaseException, revision: str | None, scripts: MigrationScripts) -> MigrationFailed:
+    """A :class:`MigrationFailed` naming the revision and the database's error."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        reason = f"{type(orig).__name__}: {str(orig).strip().splitlines()[0]}"
+        statement = getattr(exc, "statement", None)
+        if statement:
+            short = " ".join(str(statement).split())
+            reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    if revision is not None:
+        path = scripts.graph.revisions.get(revision)
+        where = f" ({Path(path.path).name})" if path is not None and path.path else ""
+        return MigrationFailed(
+            f"migration {revision}{where} failed: {reason}",
+            revision=revision,
+            hint="The failed migration was rolled back where the database allows it; fix it "
+            "and run the job again. Earlier migrations of this run stay applied.",
+        )
+    return MigrationFailed(
+        f"Alembic failed before running a migration: {reason}",
+        hint="Check env.py and the database URL it builds",
+    )

@@ -1,0 +1,239 @@
+"""The database side of verification: one round trip, no SQLAlchemy.
+
+PostgreSQL is reached through asyncpg directly; SQLite through the standard
+library, opened read-only. :class:`DatabaseState` is everything the built-in
+checks need, gathered by a single statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import sqlite3
+from typing import TYPE_CHECKING, Protocol
+
+from dbinit.errors import DatabaseUnreachable
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from dbinit.urls import DatabaseURL
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseState:
+    """What the database looks like, from one round trip.
+
+    ``table_count`` counts the tables in the target schema, the version table
+    included; ``versions`` are the rows of the version table (one per head).
+    """
+
+    backend: str
+    server_version: str
+    schema: str
+    table_count: int
+    version_table_exists: bool
+    versions: tuple[str, ...]
+    database_exists: bool = True
+
+    @property
+    def is_empty(self) -> bool:
+        return self.table_count == 0
+
+    @property
+    def current_revision(self) -> str | None:
+        """The current revision as the seed reports it (several heads: comma-joined)."""
+        return ",".join(self.versions) if self.versions else None
+
+
+class Probe(Protocol):
+    """An open connection that can read the state again (readiness re-checks)."""
+
+    async def read_state(self) -> DatabaseState: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeOptions:
+    schema: str | None
+    version_table: str
+    connect_timeout: float
+    query_timeout: float
+    application_name: str
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def postgres_state_query(schema: str | None, version_table: str) -> str:
+    """The single statement: tables, version rows and server version, as text.
+
+    It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query protocol: one
+    message out, one answer back, and no type introspection by the driver.
+    The version table is read through ``query_to_xml`` only when it exists, so
+    a missing table is a fact, not an error.
+    """
+    schema_sql = _literal(schema) if schema else "current_schema()"
+    return f"""WITH s AS (SELECT {schema_sql}::text AS name),
+     t AS (SELECT to_regclass(format('%I.%I', (SELECT name FROM s), {_literal(version_table)})) AS reg)
+SELECT current_setting('server_version'),
+       (SELECT name FROM s),
+       (SELECT count(*) FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = (SELECT name FROM s) AND c.relkind IN ('r', 'p')),
+       (SELECT reg IS NOT NULL FROM t),
+       CASE WHEN (SELECT reg FROM t) IS NOT NULL THEN
+         (xpath('/row/v/text()', query_to_xml(format(
+            'SELECT string_agg(version_num::text, '' '' ORDER BY version_num) AS v FROM %s',
+            (SELECT reg FROM t)), true, true, '')))[1]::text
+       END"""
+
+
+def parse_postgres_state(line: str) -> DatabaseState:
+    fields = line.rstrip("\n").split("\t")
+    version, schema, count, exists, versions = fields
+    return DatabaseState(
+        backend="postgresql",
+        server_version=version,
+        schema=schema,
+        table_count=int(count),
+        version_table_exists=exists == "t",
+        versions=tuple(versions.split()) if versions != r"\N" else (),
+    )
+
+
+class PostgresProbe:
+    """One asyncpg connection, read-only by session default."""
+
+    def __init__(self, connection: asyncpg.Connection, options: ProbeOptions) -> None:
+        self._connection = connection
+        self._query = postgres_state_query(options.schema, options.version_table)
+        self._timeout = options.query_timeout
+
+    @classmethod
+    async def connect(cls, url: DatabaseURL, options: ProbeOptions) -> PostgresProbe:
+        import asyncpg
+
+        try:
+            connection = await asyncpg.connect(
+                url.asyncpg_dsn(),
+                timeout=options.connect_timeout,
+                statement_cache_size=0,
+                server_settings={
+                    "application_name": options.application_name[:63],
+                    "default_transaction_read_only": "on",
+                },
+            )
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+                raise
+            raise DatabaseUnreachable(
+                f"cannot connect to {url.display_name}: {describe_connect_error(exc)}",
+                hint=connect_hint(exc),
+            ) from None
+        return cls(connection, options)
+
+    async def read_state(self) -> DatabaseState:
+        chunks: list[bytes] = []
+
+        async def sink(data: bytes) -> None:
+            chunks.append(data)
+
+        await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
+        return parse_postgres_state(b"".join(chunks).decode())
+
+    async def close(self) -> None:
+        await self._connection.close(timeout=2)
+
+
+class SqliteProbe:
+    """A read-only SQLite connection; a missing file is an empty database."""
+
+    def __init__(self, url: DatabaseURL, options: ProbeOptions) -> None:
+        self._url = url
+        self._options = options
+
+    @classmethod
+    async def connect(cls, url: DatabaseURL, options: ProbeOptions) -> SqliteProbe:
+        return cls(url, options)
+
+    async def read_state(self) -> DatabaseState:
+        path = self._url.sqlite_path
+        if path is not None and not path.exists():
+            return DatabaseState("sqlite", sqlite3.sqlite_version, "main", 0, False, (), False)
+        target = path.absolute().as_uri() + "?mode=ro" if path is not None else ":memory:"
+        try:
+            connection = sqlite3.connect(
+                target, uri=path is not None, timeout=self._options.query_timeout
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseUnreachable(
+                f"cannot open SQLite database {self._url.database!r}: {exc}",
+                hint="Check the path in DATABASE_URL and its permissions",
+            ) from None
+        try:
+            table = self._options.version_table
+            row = connection.execute(
+                "SELECT count(*), EXISTS(SELECT 1 FROM sqlite_master "
+                "WHERE type = 'table' AND name = ?) FROM sqlite_master "
+                "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                (table,),
+            ).fetchone()
+            versions: tuple[str, ...] = ()
+            if row[1]:
+                quoted = '"' + table.replace('"', '""') + '"'
+                versions = tuple(
+                    sorted(r[0] for r in connection.execute(f"SELECT version_num FROM {quoted}"))
+                )
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseUnreachable(
+                f"cannot read SQLite database {self._url.database!r}: {exc}",
+                hint="Is DATABASE_URL pointing at a SQLite database file?",
+            ) from None
+        finally:
+            connection.close()
+        return DatabaseState("sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions)
+
+    async def close(self) -> None:
+        return None
+
+
+async def open_probe(url: DatabaseURL, options: ProbeOptions) -> Probe:
+    """Connect (PostgreSQL) or prepare (SQLite); raises :class:`DatabaseUnreachable`."""
+    if url.is_sqlite:
+        return await SqliteProbe.connect(url, options)
+    return await PostgresProbe.connect(url, options)
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A short, password-free reason: refused, DNS, timeout, authentication…"""
+    name = type(exc).__name__
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "host name could not be resolved (DNS)"
+    if name in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError"):
+        return f"authentication failed ({exc})"
+    if name == "InvalidCatalogNameError":
+        return f"database does not exist ({exc})"
+    if name in ("CannotConnectNowError", "TooManyConnectionsError"):
+        return f"server not accepting connections yet ({exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{name}: {exc}"
+
+
+def connect_hint(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError"):
+        return "Check the user and password in DATABASE_URL (the Secret)"
+    if name == "InvalidCatalogNameError":
+        return "Create the database, or fix its name in DATABASE_URL"
+    if isinstance(exc, socket.gaierror):
+        return "Check the host in DATABASE_URL; is the database Service name right?"
+    return "Is the database running and reachable? `dbinit wait` retries with backoff"

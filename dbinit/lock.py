@@ -1,0 +1,186 @@
+"""The migration lock: one migrator at a time, never stale.
+
+PostgreSQL: a session-level advisory lock on a dedicated connection (never
+Alembic's own, whose transaction handling it would disturb). It dies with the
+session, so a killed job cannot leave it behind; the server is told to notice
+a vanished client (``client_connection_check_interval``, TCP keepalives). The
+wait is bounded here, by polling ``pg_try_advisory_lock`` against a deadline,
+and the holder (its ``application_name``) is logged while waiting.
+
+SQLite: an exclusive ``flock`` on a file beside the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dbinit.database import connect_hint, describe_connect_error
+from dbinit.errors import DatabaseUnreachable, LockTimeout
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from dbinit.settings import Settings
+
+POLL_SECONDS = 0.25
+REPORT_EVERY_SECONDS = 5.0
+
+_HOLDER_QUERY = """
+SELECT a.application_name, a.pid, coalesce(host(a.client_addr), 'local') AS client,
+       round(extract(epoch FROM now() - a.backend_start)) AS seconds
+  FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2
+   AND l.objsubid = 1
+   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+"""
+
+
+def lock_key(schema: str, version_table: str) -> int:
+    """A signed 64-bit advisory lock key for this database's version table."""
+    digest = hashlib.sha256(f"dbinit:{schema}.{version_table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def holder_name(settings: Settings, target: str = "head") -> str:
+    """What others see as the lock holder: service, pod (host) name, target."""
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"dbinit-migrate:{settings.service}@{host}->{target}"[:63]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldLock:
+    holder: str
+    waited_seconds: float
+    connection: Any = None  # the asyncpg connection holding the lock (PostgreSQL)
+
+
+@contextlib.asynccontextmanager
+async def migration_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIterator[HeldLock]:
+    """Hold the migration lock for the body; raises :class:`LockTimeout` (exit 6)."""
+    if settings.url.is_sqlite:
+        async with _sqlite_lock(settings, log) as held:
+            yield held
+    else:
+        async with _postgres_lock(settings, log) as held:
+            yield held
+
+
+@contextlib.asynccontextmanager
+async def _postgres_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIterator[HeldLock]:
+    import asyncpg
+
+    me = holder_name(settings)
+    try:
+        connection = await asyncpg.connect(
+            settings.url.asyncpg_dsn(),
+            timeout=settings.connect_timeout,
+            server_settings={
+                "application_name": me,
+                "tcp_keepalives_idle": "30",
+                "tcp_keepalives_interval": "10",
+                "tcp_keepalives_count": "3",
+            },
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnreachable(
+            f"cannot connect to {settings.url.display_name}: {describe_connect_error(exc)}",
+            hint=connect_hint(exc),
+        ) from None
+    try:
+        if connection.get_server_version().major >= 14:
+            await connection.execute("SET client_connection_check_interval = '5s'")
+        schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
+        key = lock_key(schema, settings.version_table)
+        classid, objid = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+        started = time.monotonic()
+        deadline = started + settings.lock_timeout
+        next_report = started
+        holder = "unknown"
+        while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            now = time.monotonic()
+            row = await connection.fetchrow(_HOLDER_QUERY, classid, objid)
+            if row is not None:
+                holder = f"{row['application_name'] or '?'} (pid {row['pid']}, {row['client']})"
+            if now >= deadline:
+                raise LockTimeout(
+                    f"migration lock not acquired within {settings.lock_timeout:g}s: "
+                    f"held by {holder}",
+                    hint="Another migration job is running. Let it finish (its logs say what it "
+                    "does), or raise DBINIT_LOCK_TIMEOUT.",
+                )
+            if now >= next_report:
+                log.info(
+                    "Waiting for the migration lock",
+                    holder=holder,
+                    waited_s=round(now - started, 1),
+                    timeout_s=settings.lock_timeout,
+                )
+                next_report = now + REPORT_EVERY_SECONDS
+            await asyncio.sleep(POLL_SECONDS)
+        waited = time.monotonic() - started
+        log.info("Migration lock acquired", holder=me, waited_s=round(waited, 2))
+        try:
+            yield HeldLock(me, waited, connection)
+        finally:
+            if not connection.is_closed():
+                await connection.execute("SELECT pg_advisory_unlock($1)", key)
+                log.info("Migration lock released")
+    finally:
+        await connection.close(timeout=2)
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIterator[HeldLock]:
+    import fcntl
+
+    path = settings.url.sqlite_path
+    me = holder_name(settings)
+    if path is None:
+        yield HeldLock(me, 0.0)
+        return
+    lock_path = Path(str(path) + ".dbinit-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        started = time.monotonic()
+        deadline = started + settings.lock_timeout
+        next_report = started
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                now = time.monotonic()
+                if now >= deadline:
+                    raise LockTimeout(
+                        f"migration lock not acquired within {settings.lock_timeout:g}s: "
+                        f"held by {holder}",
+                        hint="Another migration is running on this SQLite file; let it finish "
+                        "or raise DBINIT_LOCK_TIMEOUT.",
+                    ) from None
+                if now >= next_report:
+                    log.info("Waiting for the migration lock", holder=holder)
+                    next_report = now + REPORT_EVERY_SECONDS
+                await asyncio.sleep(POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{me} (pid {os.getpid()})".encode(), 0)
+        waited = time.monotonic() - started
+        log.info("Migration lock acquired", holder=me, waited_s=round(waited, 2))
+        try:
+            yield HeldLock(me, waited)
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            log.info("Migration lock released")
+    finally:
+        os.close(fd)

@@ -1,0 +1,92 @@
+"""Logging with structlog: JSON when not a terminal, readable colour on one.
+
+Configured by the command line (or explicitly by the API caller), never at
+import time. Every event passes through :class:`Redactor`, so a password
+that reached a message is replaced by ``***`` before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+
+class Redactor:
+    """Replaces every known secret in log events and output text."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self.secrets: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= 1:
+            from urllib.parse import quote
+
+            self.secrets.add(secret)
+            self.secrets.add(quote(secret, safe=""))
+
+    def text(self, value: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not self.secrets:
+            return event
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = self.text(value)
+            elif isinstance(value, BaseException):
+                event[key] = self.text(str(value))
+        return event
+
+
+def configure_logging(
+    fmt: str = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
+) -> None:
+    """Configure structlog for dbinit's command line."""
+    stream = stream if stream is not None else sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if redactor is not None:
+        processors.append(redactor)
+    if use_json:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=_isatty(stream)))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(service: str) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger("dbinit").bind(service=service)
+    return logger
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

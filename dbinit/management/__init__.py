@@ -1,0 +1,125 @@
+"""The command-line dispatcher: ``dbinit``, ``python -m dbinit`` and ``manage.py``.
+
+``execute_from_command_line(argv)`` is what a project's ``manage.py`` calls;
+``call_command(name, *args, **options)`` is the programmatic API. Commands
+come from ``dbinit.commands`` and from plugins (``dbinit_commands``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, NoReturn, TextIO
+
+from dbinit import __version__
+from dbinit.errors import DbinitError, ExitCode
+from dbinit.management.base import BaseCommand, CommandError
+
+__all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line", "main"]
+
+
+def _registry_commands() -> dict[str, tuple[str, Any]]:
+    from dbinit.pluginmanager import Registry
+
+    extra = tuple(p.strip() for p in os.environ.get("DBINIT_PLUGINS", "").split(",") if p.strip())
+    return dict(Registry.load(extra).commands)
+
+
+def load_command_class(name: str, stdout: TextIO | None = None, stderr: TextIO | None = None) -> BaseCommand:
+    commands = _registry_commands()
+    if name not in commands:
+        raise CommandError(
+            f"Unknown command: {name!r}",
+            hint="Type 'dbinit help' for the list of commands",
+        )
+    plugin, spec = commands[name]
+    if isinstance(spec, str):
+        module = importlib.import_module(spec)
+        command_class = getattr(module, "Command", None)
+    else:
+        command_class = spec
+    if not (isinstance(command_class, type) and issubclass(command_class, BaseCommand)):
+        raise CommandError(f"plugin {plugin!r}: command {name!r} is not a BaseCommand subclass")
+    return command_class(stdout=stdout, stderr=stderr)
+
+
+def call_command(name: str, *args: str, stdout: TextIO | None = None, stderr: TextIO | None = None,
+                 **options: Any) -> int:
+    """Run a command as the command line would; returns its exit code.
+
+    ``options`` are given as flags (``format="json"`` -> ``--format json``,
+    ``plan=True`` -> ``--plan``).
+    """
+    argv = ["dbinit", name, *args]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    command = load_command_class(name, stdout=stdout, stderr=stderr)
+    return command.run_from_argv(argv)
+
+
+class ManagementUtility:
+    """Django's dispatcher, reduced to what dbinit needs."""
+
+    def __init__(self, argv: list[str] | None = None) -> None:
+        self.argv = list(argv if argv is not None else sys.argv)
+        self.prog_name = os.path.basename(self.argv[0]) if self.argv else "dbinit"
+        if self.prog_name == "__main__.py":
+            self.prog_name = "python -m dbinit"
+
+    def main_help_text(self) -> str:
+        commands = _registry_commands()
+        lines = [
+            f"Usage: {self.prog_name} <command> [options]",
+            "",
+            "Services verify, one job migrates.",
+            "",
+            f"Type '{self.prog_name} help <command>' for help on a command.",
+            "",
+            "Available commands:",
+        ]
+        for name, (plugin, _spec) in commands.items():
+            origin = "" if plugin.startswith("dbinit.") else f"  [{plugin}]"
+            lines.append(f"    {name}{origin}")
+        lines.append("    help")
+        return "\n".join(lines) + "\n"
+
+    def execute(self) -> int:
+        args = self.argv[1:]
+        subcommand = args[0] if args else "help"
+        try:
+            if subcommand in ("--version", "version"):
+                sys.stdout.write(__version__ + "\n")
+                return 0
+            if subcommand in ("help", "--help", "-h"):
+                if len(args) > 1 and args[1] not in ("--help", "-h"):
+                    load_command_class(args[1]).print_help(self.prog_name, args[1])
+                else:
+                    sys.stdout.write(self.main_help_text())
+                return 0
+            command = load_command_class(subcommand)
+        except DbinitError as exc:
+            sys.stderr.write(f"Error: {exc.message}\n")
+            if exc.hint:
+                sys.stderr.write(f"Hint: {exc.hint}\n")
+            return int(exc.exit_code)
+        return command.run_from_argv([self.prog_name, subcommand, *args[1:]])
+
+
+def execute_from_command_line(argv: list[str] | None = None) -> NoReturn:
+    """Run the command named in ``argv`` and exit with its exit code."""
+    sys.exit(ManagementUtility(argv).execute())
+
+
+def main() -> NoReturn:
+    """Console-script entry point (``dbinit``)."""
+    try:
+        execute_from_command_line(sys.argv)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+

@@ -1,0 +1,180 @@
+"""The base of every management command, in Django's shape.
+
+A command is ``class Command(BaseCommand)`` with ``help``,
+``add_arguments(parser)`` and ``handle(**options)``. ``handle`` returns an
+exit code (or None for 0) and raises :class:`CommandError` or another
+:class:`dbinit.errors.DbinitError` on purpose; :meth:`run_from_argv` turns
+those into a message and the contract's exit code, and anything else into a
+traceback and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any, TextIO
+
+from dbinit.errors import ConfigurationError, DbinitError, ExitCode
+from dbinit.logs import Redactor, configure_logging, get_logger
+
+
+class CommandError(DbinitError):
+    """The one error a command raises on purpose (Django's name)."""
+
+    def __init__(self, message: str, *, returncode: int = ExitCode.USAGE_ERROR, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = ExitCode(returncode)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a usage error raises instead of exiting (exit code 2 either way)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CommandError(f"{self.prog}: {message}", hint=f"See `{self.prog} --help`")
+
+
+class OutputWrapper:
+    """A stream that redacts secrets and ends each write with a newline."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        self._stream = stream
+        self._redactor = redactor
+
+    def write(self, text: str = "", ending: str = "\n") -> None:
+        if ending and not text.endswith(ending):
+            text += ending
+        self._stream.write(self._redactor.text(text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+
+class BaseCommand:
+    """Subclass this; see the module docstring."""
+
+    help = ""
+    #: Commands that print a report offer ``--format text|json``.
+    has_format = False
+
+    def __init__(self, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self.redactor = Redactor()
+        self._stdout_stream = stdout or sys.stdout
+        self._stderr_stream = stderr or sys.stderr
+        self.stdout = OutputWrapper(self._stdout_stream, self.redactor)
+        self.stderr = OutputWrapper(self._stderr_stream, self.redactor)
+
+    # -- to override -----------------------------------------------------------
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the command's own arguments."""
+
+    def handle(self, **options: Any) -> int | None:
+        raise NotImplementedError("subclasses of BaseCommand must provide a handle() method")
+
+    # -- machinery -------------------------------------------------------------
+
+    def create_parser(self, prog_name: str, subcommand: str) -> argparse.ArgumentParser:
+        parser = CommandParser(
+            prog=f"{prog_name} {subcommand}",
+            description=self.help or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        common = parser.add_argument_group("settings (override the environment)")
+        common.add_argument("--database-url", dest="database_url",
+                            help="database URL (prefer the DATABASE_URL environment variable: "
+                            "arguments are visible to other processes)")
+        common.add_argument("--service-name", dest="service_name", help="SERVICE_NAME")
+        common.add_argument("--alembic-ini", dest="alembic_ini", help="DBINIT_ALEMBIC_INI")
+        common.add_argument("--migrations-dir", dest="migrations_dir", help="DBINIT_MIGRATIONS_DIR")
+        common.add_argument("--log-format", dest="log_format", choices=("auto", "json", "console"))
+        common.add_argument("--log-level", dest="log_level",
+                            choices=("debug", "info", "warning", "error"))
+        if self.has_format:
+            parser.add_argument("--format", choices=("text", "json"), default="text",
+                                help="output format (default: text)")
+        self.add_arguments(parser)
+        return parser
+
+    def print_help(self, prog_name: str, subcommand: str) -> None:
+        self.stdout.write(self.create_parser(prog_name, subcommand).format_help(), ending="")
+
+    SETTING_OPTIONS = ("database_url", "service_name", "alembic_ini", "migrations_dir",
+                       "log_format", "log_level")
+
+    def settings_overrides(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Flags that map onto settings (None: not given). Commands may extend it."""
+        return {key: options.get(key) for key in self.SETTING_OPTIONS}
+
+    def run_from_argv(self, argv: list[str]) -> int:
+        """Parse ``argv`` (``[prog, command, *args]``), run, return the exit code."""
+        options: dict[str, Any] = {}
+        try:
+            parser = self.create_parser(argv[0], argv[1])
+            options = vars(parser.parse_args(argv[2:]))
+            return self.execute(**options)
+        except DbinitError as exc:
+            return self.report_error(exc, options)
+        except KeyboardInterrupt:
+            self.stderr.write("Interrupted")
+            return 130
+        except Exception:
+            self.stderr.write(traceback.format_exc(), ending="")
+            self.stderr.write("Internal error (a bug): please report it with the traceback above.")
+            return ExitCode.INTERNAL_ERROR
+
+    def execute(self, **options: Any) -> int:
+        """Build the settings, configure logging and plugins, call :meth:`handle`."""
+        from dbinit.pluginmanager import Registry
+        from dbinit.settings import load_settings
+
+        try:
+            self.settings = load_settings(**self.settings_overrides(options))
+        finally:
+            configure_logging(
+                options.get("log_format") or "auto",
+                options.get("log_level") or "info",
+                stream=self._stderr_stream,
+                redactor=self.redactor,
+            )
+        self.redactor.add(self.settings.url.password)
+        configure_logging(self.settings.log_format, self.settings.log_level,
+                          stream=self._stderr_stream, redactor=self.redactor)
+        self.log = get_logger(self.settings.service)
+        self.registry = Registry.load(self.settings.plugins)
+        code = self.handle(**options)
+        return int(code or 0)
+
+    def report_error(self, exc: DbinitError, options: dict[str, Any]) -> int:
+        code = int(exc.exit_code)
+        if options.get("format") == "json":
+            self.stdout.write(json.dumps({
+                "ok": False,
+                "action": "failed",
+                "error": type(exc).__name__,
+                "message": exc.message,
+                "hint": exc.hint,
+                "exit_code": code,
+            }))
+        self.stderr.write(f"Error: {exc.message}")
+        if exc.hint:
+            self.stderr.write(f"Hint: {exc.hint}")
+        if code == ExitCode.INTERNAL_ERROR and exc.__cause__ is not None:
+            self.stderr.write("".join(traceback.format_exception(exc.__cause__)), ending="")
+        return code
+
+    def write_json(self, document: object) -> None:
+        self.stdout.write(json.dumps(document, indent=2, default=str))
+
+
+def require(condition: bool, message: str, hint: str = "") -> None:
+    """Raise a usage error unless ``condition``."""
+    if not condition:
+        raise ConfigurationError(message, hint=hint)

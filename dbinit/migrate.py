@@ -1,0 +1,109 @@
+"""Migration: lock, strategy, verify, unlock. Only the migration job runs this."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from dbinit.errors import ConfigurationError, MigrationFailed, Refused
+from dbinit.lock import migration_lock
+from dbinit.report import MigratePlan, MigrateResult
+from dbinit.strategies import Strategy, StrategyContext
+from dbinit.verify import read_scripts, read_state, verify
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from dbinit.pluginmanager import Registry
+    from dbinit.scripts import MigrationScripts
+    from dbinit.settings import Settings
+
+
+def select_strategy(settings: Settings, registry: Registry, name: str | None = None) -> Strategy:
+    """``--strategy`` > ``DB_FORCE_RECREATE`` (recreate) > ``DBINIT_STRATEGY``.
+
+    Raises :class:`ConfigurationError` for an unknown name and :class:`Refused`
+    for a destructive strategy in production without
+    ``DBINIT_ALLOW_DESTRUCTIVE=true``.
+    """
+    chosen = name or ("recreate" if settings.force_recreate else settings.strategy)
+    strategies = registry.strategies
+    if chosen not in strategies:
+        source = "--strategy" if name else ("DB_FORCE_RECREATE" if settings.force_recreate else "DBINIT_STRATEGY")
+        raise ConfigurationError(
+            f"{source}: unknown migration strategy {chosen!r}",
+            hint=f"Available: {', '.join(sorted(strategies))} (see `dbinit plugins`)",
+        )
+    strategy = strategies[chosen]
+    if strategy.destructive and settings.is_production and not settings.allow_destructive:
+        raise Refused(
+            f"strategy {chosen!r} drops every table and is refused with ENVIRONMENT=production",
+            hint="Unset DB_FORCE_RECREATE for production. If you really mean to wipe this "
+            "database, set DBINIT_ALLOW_DESTRUCTIVE=true for this one run.",
+        )
+    return strategy
+
+
+async def plan(settings: Settings) -> MigratePlan:
+    """The revisions ``migrate`` would apply now (reads the database, writes nothing)."""
+    scripts = read_scripts(settings)
+    state = await read_state(settings, "plan")
+    unknown = [v for v in state.versions if v not in scripts.graph]
+    if unknown:
+        raise ConfigurationError(
+            f"the database is at revision {', '.join(unknown)}, unknown to these migrations",
+            hint="Run the image whose migrations contain it",
+        )
+    return MigratePlan(state.versions, scripts.heads, tuple(scripts.graph.pending(state.versions)))
+
+
+async def migrate(
+    settings: Settings,
+    registry: Registry,
+    log: FilteringBoundLogger,
+    *,
+    strategy_name: str | None = None,
+) -> MigrateResult:
+    """Bring the database to the image's head(s) under the migration lock."""
+    started = time.perf_counter()
+    strategy = select_strategy(settings, registry, strategy_name)
+    scripts = read_scripts(settings)
+    if scripts.alembic_ini is None:
+        raise ConfigurationError(
+            "migrate needs alembic.ini (DBINIT_ALEMBIC_INI)",
+            hint="Run where alembic.ini is or set DBINIT_ALEMBIC_INI",
+        )
+    log.info("Migration mode - running database migrations", strategy=strategy.name,
+             migration_count=scripts.count, heads=list(scripts.heads))
+    async with migration_lock(settings, log):
+        # Read the state only now: another job may have migrated while we waited.
+        state = await read_state(settings, "migrate")
+        context = StrategyContext(settings=settings, scripts=scripts, state=state, log=log)
+        applied = tuple(await asyncio.to_thread(strategy.run, context))
+        report = await verify(settings, registry, log, scripts=scripts)
+        if not report.ok:
+            raise MigrationFailed(
+                f"migrations ran but the database does not verify: {report.message}",
+                hint=report.hint,
+            )
+        result = MigrateResult(
+            service=settings.service,
+            database=settings.url.display_name,
+            strategy=strategy.name,
+            applied=applied,
+            verification=report,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+        registry.notify("dbinit_migrate_finished", result=result)
+    if applied:
+        log.info("Migrations applied successfully", applied=list(applied),
+                 current_revision=report.current_revision, duration_ms=round(result.duration_ms, 2))
+    else:
+        log.info("Database already up to date", current_revision=report.current_revision,
+                 duration_ms=round(result.duration_ms, 2))
+    return result
+
+
+def scripts_for_sql(settings: Settings) -> MigrationScripts:
+    return read_scripts(settings)

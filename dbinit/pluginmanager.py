@@ -1,0 +1,210 @@
+"""Building the plugin manager and collecting what plugins contribute.
+
+Nothing happens at import time. :func:`build_plugin_manager` registers the
+built-ins, then entry points of group ``dbinit``, then ``DBINIT_PLUGINS``
+modules, and validates every hook implementation. :class:`Registry` collects
+checks, strategies and commands with the name of the plugin behind each, and
+turns any plugin failure into a :class:`PluginError` naming that plugin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import importlib.metadata
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from dbinit import hookspecs
+from dbinit.checks import Check
+from dbinit.errors import PluginError
+from dbinit.strategies import Strategy
+
+if TYPE_CHECKING:
+    from dbinit.management.base import BaseCommand
+
+PROJECT = "dbinit"
+
+#: The built-in plugins, registered first, through the public hooks.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "dbinit.plugins.checks",
+    "dbinit.plugins.strategies",
+    "dbinit.plugins.commands",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginInfo:
+    """A loaded plugin: its name and where it came from."""
+
+    name: str
+    source: str  # "builtin", "entrypoint", "DBINIT_PLUGINS"
+    module: str
+    distribution: str = ""
+
+
+def build_plugin_manager(extra_modules: Sequence[str] = ()) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """Make a plugin manager with every plugin loaded and validated."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+    for module_name in BUILTIN_PLUGINS:
+        _register(pm, importlib.import_module(module_name), module_name)
+        infos.append(PluginInfo(module_name, "builtin", module_name))
+    for entry_point in importlib.metadata.entry_points(group=PROJECT):
+        if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            raise PluginError(
+                entry_point.name,
+                f"cannot be loaded from entry point {entry_point.value!r}: "
+                f"{type(exc).__name__}: {exc}",
+                hint="Fix or uninstall the package providing it",
+            ) from exc
+        _register(pm, plugin, entry_point.name)
+        dist = entry_point.dist.name if entry_point.dist is not None else ""
+        infos.append(PluginInfo(entry_point.name, "entrypoint", entry_point.value, dist))
+    for module_name in extra_modules:
+        if pm.get_plugin(module_name) is not None:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise PluginError(
+                module_name,
+                f"cannot be imported (from DBINIT_PLUGINS): {type(exc).__name__}: {exc}",
+                hint="Check the module name in DBINIT_PLUGINS and that it is installed",
+            ) from exc
+        _register(pm, module, module_name)
+        infos.append(PluginInfo(module_name, "DBINIT_PLUGINS", module_name))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            pm.get_name(exc.plugin) or str(exc.plugin),
+            str(exc),
+            hint="Hook names must match dbinit.hookspecs (see `dbinit plugins`)",
+        ) from None
+    return pm, infos
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(name, str(exc), hint="See dbinit.hookspecs for the hook signatures") from None
+    except ValueError as exc:
+        raise PluginError(name, str(exc)) from None
+
+
+def _call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """Call every implementation of a collecting hook, naming its plugin."""
+    caller = getattr(pm.hook, hook_name)
+    for impl in caller.get_hookimpls():  # storage order: trylast built-ins first
+        try:
+            result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+        except Exception as exc:
+            raise PluginError(
+                impl.plugin_name,
+                f"hook {hook_name} raised {type(exc).__name__}: {exc}",
+                internal=True,
+            ) from exc
+        if result is not None:
+            yield impl.plugin_name, result
+
+
+def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
+    """Call a notification hook; an exception is reported with the plugin's name."""
+    caller = getattr(pm.hook, hook_name)
+    try:
+        caller(**kwargs)
+    except Exception as exc:
+        raise PluginError(
+            _blame(exc, caller.get_hookimpls()),
+            f"hook {hook_name} raised {type(exc).__name__}: {exc}",
+            internal=True,
+        ) from exc
+
+
+def _blame(exc: BaseException, impls: Sequence[pluggy.HookImpl]) -> str:
+    codes = {impl.function.__code__: impl.plugin_name for impl in impls if hasattr(impl.function, "__code__")}
+    tb = exc.__traceback__
+    blamed = "unknown plugin"
+    while tb is not None:
+        name = codes.get(tb.tb_frame.f_code)
+        if name is not None:
+            blamed = name
+        tb = tb.tb_next
+    return blamed
+
+
+
+
+@dataclasses.dataclass
+class Registry:
+    """The plugin manager plus everything plugins contribute, validated."""
+
+    pm: pluggy.PluginManager
+    plugins: list[PluginInfo]
+
+    @classmethod
+    def load(cls, extra_modules: Sequence[str] = ()) -> Registry:
+        pm, infos = build_plugin_manager(extra_modules)
+        return cls(pm, infos)
+
+    @functools.cached_property
+    def checks(self) -> tuple[Check, ...]:
+        return tuple(self._collect("dbinit_checks", Check, lambda c: c.id, "check id"))
+
+    @functools.cached_property
+    def strategies(self) -> Mapping[str, Strategy]:
+        items = self._collect("dbinit_strategies", Strategy, lambda s: s.name, "strategy name")
+        return {s.name: s for s in items}
+
+    @functools.cached_property
+    def commands(self) -> Mapping[str, tuple[str, Any]]:
+        """Command name -> (plugin name, class or module path)."""
+        found: dict[str, tuple[str, Any]] = {}
+        for plugin, mapping in _call_each(self.pm, "dbinit_commands"):
+            if not isinstance(mapping, Mapping):
+                raise PluginError(plugin, "dbinit_commands must return a mapping of name to command")
+            for name, spec in mapping.items():
+                if name in found:
+                    raise PluginError(
+                        plugin,
+                        f"command {name!r} is already provided by plugin {found[name][0]!r}",
+                        hint="Rename one of the commands",
+                    )
+                found[name] = (plugin, spec)
+        return dict(sorted(found.items()))
+
+    def _collect(self, hook: str, kind: type, key: Callable[[Any], str], what: str) -> list[Any]:
+        items: list[Any] = []
+        owners: dict[str, str] = {}
+        for plugin, result in _call_each(self.pm, hook):
+            if isinstance(result, (str, bytes)) or not isinstance(result, (Sequence, types.GeneratorType)):
+                raise PluginError(plugin, f"{hook} must return a sequence of {kind.__name__}")
+            for item in result:
+                if not isinstance(item, kind):
+                    raise PluginError(
+                        plugin, f"{hook} returned {type(item).__name__}, not {kind.__name__}"
+                    )
+                name = key(item)
+                if name in owners:
+                    raise PluginError(
+                        plugin,
+                        f"{what} {name!r} is already provided by plugin {owners[name]!r}",
+                        hint=f"Each {what} must be unique",
+                    )
+                owners[name] = plugin
+                items.append(dataclasses.replace(item, plugin=plugin))
+        return items
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        notify(self.pm, hook_name, **kwargs)

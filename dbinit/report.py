@@ -1,0 +1,126 @@
+"""Typed results: what ``verify`` and ``migrate`` return.
+
+Dictionaries only at the edges: :meth:`VerifyReport.as_dict` is the seed's
+dictionary; :meth:`VerifyReport.to_json` the full JSON document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from dbinit.checks import CheckOutcome, Status
+
+VERIFIED_MESSAGE = "Database verified successfully - ready for service"
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of one verification."""
+
+    service: str
+    database: str
+    outcomes: tuple[CheckOutcome, ...]
+    migration_count: int
+    head_revisions: tuple[str, ...]
+    current_revision: str | None
+    table_count: int | None
+    duration_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def failed(self) -> tuple[CheckOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.status is Status.FAILED)
+
+    @property
+    def action(self) -> str:
+        return "verified" if self.ok else "failed"
+
+    @property
+    def message(self) -> str:
+        if self.ok:
+            return VERIFIED_MESSAGE
+        first = self.failed[0]
+        return f"{first.message} [{first.check.id}]"
+
+    @property
+    def hint(self) -> str:
+        return "" if self.ok else self.failed[0].hint
+
+    def as_dict(self) -> dict[str, object]:
+        """The seed's dictionary."""
+        return {
+            "action": self.action,
+            "message": self.message,
+            "current_revision": self.current_revision,
+            "migration_count": self.migration_count,
+            "table_count": self.table_count,
+        }
+
+    def to_json(self) -> dict[str, object]:
+        """The full ``verify --format json`` document."""
+        return {
+            **self.as_dict(),
+            "ok": self.ok,
+            "service": self.service,
+            "database": self.database,
+            "hint": self.hint,
+            "head_revisions": list(self.head_revisions),
+            "duration_ms": round(self.duration_ms, 2),
+            "checks": [o.as_dict() for o in self.outcomes],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrateResult:
+    """The outcome of ``migrate``."""
+
+    service: str
+    database: str
+    strategy: str
+    applied: tuple[str, ...]
+    verification: VerifyReport
+    duration_ms: float
+
+    @property
+    def action(self) -> str:
+        return "migrations_applied" if self.applied else "up_to_date"
+
+    @property
+    def message(self) -> str:
+        if self.applied:
+            return "Pending migrations applied successfully"
+        return "Database already at head - nothing to apply"
+
+    def as_dict(self) -> dict[str, object]:
+        """The seed's dictionary."""
+        return {"action": self.action, "message": self.message}
+
+    def to_json(self) -> dict[str, object]:
+        verification = self.verification.to_json()
+        return {
+            **self.as_dict(),
+            "ok": self.verification.ok,
+            "service": self.service,
+            "database": self.database,
+            "strategy": self.strategy,
+            "applied": list(self.applied),
+            "current_revision": self.verification.current_revision,
+            "head_revisions": verification["head_revisions"],
+            "migration_count": self.verification.migration_count,
+            "table_count": self.verification.table_count,
+            "duration_ms": round(self.duration_ms, 2),
+            "checks": verification["checks"],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class MigratePlan:
+    """What ``migrate --plan`` shows: the revisions an upgrade would apply."""
+
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+    pending: Sequence[str]

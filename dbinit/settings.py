@@ -1,0 +1,209 @@
+"""Settings, read with pydantic-settings.
+
+Precedence: command-line flag (keyword arguments) > environment > ``.env`` >
+``[tool.dbinit]`` in ``pyproject.toml`` > default. The seed's names are kept
+(``DATABASE_URL``, ``SERVICE_NAME``, ``ENVIRONMENT``, ``DB_FORCE_RECREATE``);
+everything else is ``DBINIT_<FIELD>``. In ``pyproject.toml`` use the field
+names (``service_name = "orders"``, ``lock_timeout = 120``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, PositiveFloat, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    PyprojectTomlConfigSettingsSource,
+    SettingsConfigDict,
+)
+
+from dbinit.errors import ConfigurationError
+from dbinit.urls import DatabaseURL
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///db.sqlite3"
+
+Environment = Literal["development", "test", "staging", "production"]
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _seed_name(name: str) -> Any:
+    return Field(validation_alias=AliasChoices(name, name.lower()))
+
+
+class Settings(BaseSettings):
+    """Everything dbinit can be told. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DBINIT_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        pyproject_toml_table_header=("tool", "dbinit"),
+        frozen=True,
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+    )
+    database_url_file: Path | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL_FILE", "database_url_file")
+    )
+    service_name: str = Field("", validation_alias=AliasChoices("SERVICE_NAME", "service_name"))
+    environment: Environment = Field(
+        "development", validation_alias=AliasChoices("ENVIRONMENT", "environment")
+    )
+    force_recreate: bool = Field(
+        False, validation_alias=AliasChoices("DB_FORCE_RECREATE", "force_recreate")
+    )
+    allow_destructive: bool = False
+
+    alembic_ini: Path = Path("alembic.ini")
+    migrations_dir: Path | None = None
+    strategy: str = "upgrade"
+    db_schema: str | None = Field(
+        None, validation_alias=AliasChoices("DBINIT_SCHEMA", "schema", "db_schema")
+    )
+    version_table: str = "alembic_version"
+    heads: CommaList = ()
+    allow_ahead: bool = False
+    silenced_checks: CommaList = ()
+    plugins: CommaList = ()
+
+    connect_timeout: PositiveFloat = 5.0
+    verify_timeout: PositiveFloat = 10.0
+    wait_timeout: PositiveFloat = 60.0
+    lock_timeout: PositiveFloat = 300.0
+    statement_timeout: PositiveFloat | None = None
+    ddl_lock_timeout: PositiveFloat | None = None
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    readiness_path: str | None = None
+    liveness_path: str | None = None
+    readiness_cache: PositiveFloat = 1.0
+
+    @field_validator("heads", "silenced_checks", "plugins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("environment", "log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            PyprojectTomlConfigSettingsSource(settings_cls),
+        )
+
+    # -- derived views -----------------------------------------------------------
+
+    @functools.cached_property
+    def url(self) -> DatabaseURL:
+        """The parsed ``DATABASE_URL`` (validated by :func:`load_settings`)."""
+        return DatabaseURL.parse(self.database_url)
+
+    @property
+    def service(self) -> str:
+        return self.service_name or Path.cwd().name
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+
+#: How each field is spelled in the environment, for error messages.
+def setting_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        first = info.validation_alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return f"DBINIT_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; flags come in as ``overrides`` (None means "not given").
+
+    Raises :class:`ConfigurationError` (exit 2) naming the setting and what to
+    do; never echoes a value (it may hold a password).
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc), hint=_hint(exc)) from None
+    url_file = settings.database_url_file
+    if url_file is not None:
+        settings = _with_url_from_file(settings, url_file, given)
+    # Parse now so a malformed URL is a configuration error before anything runs.
+    _ = settings.url
+    return settings
+
+
+def _with_url_from_file(settings: Settings, url_file: Path, given: dict[str, Any]) -> Settings:
+    if "database_url" in settings.model_fields_set:
+        raise ConfigurationError(
+            "DATABASE_URL and DATABASE_URL_FILE are both set",
+            hint="Set only one of them (DATABASE_URL_FILE for a mounted Secret)",
+        )
+    try:
+        text = url_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"DATABASE_URL_FILE {str(url_file)!r} cannot be read: {exc.strerror}",
+            hint="Mount the Secret holding the URL at that path, or unset DATABASE_URL_FILE",
+        ) from None
+    if not text:
+        raise ConfigurationError(
+            f"DATABASE_URL_FILE {str(url_file)!r} is empty",
+            hint="The file must hold the database URL",
+        )
+    return settings.model_copy(update={"database_url": text})
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    """The field name behind an error location (pydantic reports the alias)."""
+    name = str(loc[0]) if loc else "settings"
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if name == field or (isinstance(alias, AliasChoices) and name in alias.choices):
+            return field
+    return name
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        problems.append(f"{setting_name(_field_of(error['loc']))}: {error['msg']}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def _hint(exc: ValidationError) -> str:
+    fields = {_field_of(e["loc"]) for e in exc.errors()}
+    if "environment" in fields:
+        return "ENVIRONMENT must be one of development, test, staging, production"
+    if fields & {"log_format"}:
+        return "DBINIT_LOG_FORMAT must be one of auto, json, console"
+    return "Fix the value in the environment, .env or [tool.dbinit] in pyproject.toml"

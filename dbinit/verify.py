@@ -1,0 +1,142 @@
+"""Verification: facts, then checks, then a report. Never writes.
+
+This is the hot path of every service pod: it imports neither SQLAlchemy nor
+Alembic nor the migration files, and reads the database in one round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dbinit.checks import Check, Facts, Level, run_checks
+from dbinit.database import Probe, ProbeOptions, open_probe
+from dbinit.errors import PluginError
+from dbinit.report import VerifyReport
+from dbinit.scripts import MigrationScripts, read_migration_scripts
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from dbinit.database import DatabaseState
+    from dbinit.pluginmanager import Registry
+    from dbinit.settings import Settings
+
+
+def probe_options(settings: Settings, purpose: str) -> ProbeOptions:
+    return ProbeOptions(
+        schema=settings.db_schema,
+        version_table=settings.version_table,
+        connect_timeout=settings.connect_timeout,
+        query_timeout=settings.verify_timeout,
+        application_name=f"dbinit-{purpose}:{settings.service}",
+    )
+
+
+def read_scripts(settings: Settings) -> MigrationScripts:
+    return read_migration_scripts(settings.alembic_ini, settings.migrations_dir)
+
+
+async def read_state(settings: Settings, purpose: str = "verify") -> DatabaseState:
+    """Connect, read the state in one round trip, disconnect."""
+    probe = await open_probe(settings.url, probe_options(settings, purpose))
+    try:
+        return await probe.read_state()
+    finally:
+        await probe.close()
+
+
+async def verify(
+    settings: Settings,
+    registry: Registry,
+    log: FilteringBoundLogger,
+    *,
+    checks: Sequence[Check] | None = None,
+    scripts: MigrationScripts | None = None,
+    probe: Probe | None = None,
+    fail_level: Level = Level.ERROR,
+    notify: bool = True,
+) -> VerifyReport:
+    """Run ``checks`` (default: all registered) and return the report.
+
+    ``scripts`` and ``probe`` let a long-lived caller (the ASGI integration)
+    read the migrations once and keep one connection. Raises
+    :class:`DatabaseUnreachable` if the database cannot be reached.
+    """
+    started = time.perf_counter()
+    log.info("Database verification mode - checking database is ready")
+    selected = list(registry.checks if checks is None else checks)
+    if scripts is None:
+        scripts = read_scripts(settings)
+    if scripts.unreadable:
+        log.warning(
+            "Migration files not readable statically; Alembic was used instead",
+            files=list(scripts.unreadable),
+        )
+    state = None
+    if any(c.requires_database for c in selected):
+        if probe is not None:
+            state = await probe.read_state()
+        else:
+            state = await read_state(settings)
+        log.info(
+            "Database state checked",
+            table_count=state.table_count,
+            version_table=state.version_table_exists,
+            current_revision=state.current_revision,
+        )
+    facts = Facts(settings=settings, scripts=scripts, state=state)
+    try:
+        outcomes = run_checks(
+            selected, facts, fail_level=fail_level, silenced=settings.silenced_checks
+        )
+    except PluginError:
+        raise
+    except Exception as exc:
+        failing = _failing_check(exc, selected)
+        raise PluginError(
+            failing.plugin if failing else "unknown",
+            f"check {failing.id if failing else '?'} raised {type(exc).__name__}: {exc}",
+            internal=True,
+        ) from exc
+    report = VerifyReport(
+        service=settings.service,
+        database=settings.url.display_name,
+        outcomes=tuple(outcomes),
+        migration_count=scripts.count,
+        head_revisions=scripts.heads,
+        current_revision=state.current_revision if state else None,
+        table_count=state.table_count if state else None,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+    if report.ok:
+        log.info(
+            "Database verification successful",
+            migration_count=report.migration_count,
+            current_revision=report.current_revision,
+            table_count=report.table_count,
+        )
+    else:
+        for outcome in report.failed:
+            log.error(
+                "Database verification failed",
+                check=outcome.check.id,
+                name=outcome.check.name,
+                reason=outcome.message,
+                hint=outcome.hint,
+            )
+    log.info("Database verification completed", ok=report.ok, duration_ms=round(report.duration_ms, 2))
+    if notify:
+        registry.notify("dbinit_verify_finished", report=report)
+    return report
+
+
+def _failing_check(exc: BaseException, checks: Sequence[Check]) -> Check | None:
+    codes = {getattr(c.func, "__code__", None): c for c in checks}
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        found = codes.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found

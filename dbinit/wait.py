@@ -1,0 +1,93 @@
+"""Waiting for the database (init containers).
+
+``wait_for_database`` connects with exponential backoff and jitter until the
+deadline, logging each attempt's reason. ``wait_until_verified`` keeps going
+until verification passes: the init container that waits for the migration
+job through the database itself, with no Kubernetes API access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING
+
+from dbinit.database import open_probe
+from dbinit.errors import DatabaseUnreachable, NotReady
+from dbinit.verify import probe_options, read_scripts, verify
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from dbinit.pluginmanager import Registry
+    from dbinit.report import VerifyReport
+    from dbinit.settings import Settings
+
+INITIAL_DELAY = 0.1
+MAX_DELAY = 5.0
+
+
+def backoff_delays(initial: float = INITIAL_DELAY, maximum: float = MAX_DELAY):  # type: ignore[no-untyped-def]
+    """Exponential backoff with full jitter: 0.1, 0.2, 0.4 … capped at ``maximum``."""
+    delay = initial
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(delay * 2, maximum)
+
+
+async def wait_for_database(settings: Settings, log: FilteringBoundLogger, timeout: float) -> int:
+    """Return the number of attempts once a connection succeeds; raise at the timeout."""
+    deadline = time.monotonic() + timeout
+    delays = backoff_delays()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            probe = await open_probe(settings.url, probe_options(settings, "wait"))
+            await probe.read_state()
+            await probe.close()
+            log.info("Database is accepting connections", attempt=attempt)
+            return attempt
+        except DatabaseUnreachable as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DatabaseUnreachable(
+                    f"{exc.message} (gave up after {attempt} attempts, {timeout:g}s)",
+                    hint=exc.hint,
+                ) from None
+            delay = min(next(delays), remaining)
+            log.info("Database not reachable yet", attempt=attempt, reason=exc.message,
+                     retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+async def wait_until_verified(
+    settings: Settings, registry: Registry, log: FilteringBoundLogger, timeout: float
+) -> VerifyReport:
+    """Poll until verification passes; raise :class:`NotReady` (exit 4) at the timeout."""
+    deadline = time.monotonic() + timeout
+    delays = backoff_delays(initial=0.25, maximum=MAX_DELAY)
+    scripts = read_scripts(settings)
+    attempt = 0
+    last: str = "not checked"
+    while True:
+        attempt += 1
+        try:
+            report = await verify(settings, registry, log, scripts=scripts)
+            if report.ok:
+                log.info("Database verified: ready", attempt=attempt)
+                return report
+            last = report.message
+            hint = report.hint
+        except DatabaseUnreachable as exc:
+            last, hint = exc.message, exc.hint
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise NotReady(
+                f"database not ready after {timeout:g}s ({attempt} attempts): {last}", hint=hint
+            )
+        delay = min(next(delays), remaining)
+        log.info("Waiting for the database to be ready", attempt=attempt, reason=last,
+                 retry_in_s=round(delay, 2))
+        await asyncio.sleep(delay)
