@@ -68,28 +68,34 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def postgres_state_query(schema: str | None, version_table: str) -> str:
-    """The single statement: tables, version rows and server version, as text.
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
-    It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query protocol: one
-    message out, one answer back, and no type introspection by the driver.
-    The version table is read through ``query_to_xml`` only when it exists, so
-    a missing table is a fact, not an error.
+
+def postgres_state_query(schema: str | None, version_table: str, *, with_versions: bool = True) -> str:
+    """The single statement: server version, schema, table count, version rows.
+
+    It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
+    protocol: one message out, one answer back, no type introspection by the
+    driver. It reads the version table optimistically; only when that table
+    does not exist (a database that is not ready anyway) does a second
+    statement, ``with_versions=False``, read the rest.
+
+    Without a configured schema the version table is resolved through the
+    ``search_path``, as Alembic does.
     """
     schema_sql = _literal(schema) if schema else "current_schema()"
-    return f"""WITH s AS (SELECT {schema_sql}::text AS name),
-     t AS (SELECT to_regclass(format('%I.%I', (SELECT name FROM s), {_literal(version_table)})) AS reg)
-SELECT current_setting('server_version'),
-       (SELECT name FROM s),
+    table = f"{_identifier(schema)}.{_identifier(version_table)}" if schema else _identifier(version_table)
+    versions = (
+        f"true, (SELECT string_agg(version_num::text, ' ' ORDER BY version_num) FROM {table})"
+        if with_versions
+        else "false, NULL"
+    )
+    return f"""SELECT current_setting('server_version'), {schema_sql},
        (SELECT count(*) FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = (SELECT name FROM s) AND c.relkind IN ('r', 'p')),
-       (SELECT reg IS NOT NULL FROM t),
-       CASE WHEN (SELECT reg FROM t) IS NOT NULL THEN
-         (xpath('/row/v/text()', query_to_xml(format(
-            'SELECT string_agg(version_num::text, '' '' ORDER BY version_num) AS v FROM %s',
-            (SELECT reg FROM t)), true, true, '')))[1]::text
-       END"""
+         WHERE n.nspname = {schema_sql} AND c.relkind IN ('r', 'p')),
+       {versions}"""
 
 
 def parse_postgres_state(line: str) -> DatabaseState:
@@ -111,6 +117,9 @@ class PostgresProbe:
     def __init__(self, connection: asyncpg.Connection, options: ProbeOptions) -> None:
         self._connection = connection
         self._query = postgres_state_query(options.schema, options.version_table)
+        self._fallback = postgres_state_query(
+            options.schema, options.version_table, with_versions=False
+        )
         self._timeout = options.query_timeout
 
     @classmethod
@@ -142,7 +151,15 @@ class PostgresProbe:
         async def sink(data: bytes) -> None:
             chunks.append(data)
 
-        await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
+        import asyncpg
+
+        try:
+            await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
+        except asyncpg.UndefinedTableError:
+            chunks.clear()
+            await self._connection.copy_from_query(
+                self._fallback, output=sink, timeout=self._timeout
+            )
         return parse_postgres_state(b"".join(chunks).decode())
 
     async def close(self) -> None:

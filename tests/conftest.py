@@ -1,0 +1,1 @@
+"""Shared fixtures live in tests/plugins/ (loaded through pyproject's addopts)."""
