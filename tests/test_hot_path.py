@@ -1,0 +1,64 @@
+"""The verify hot path: one statement, no SQLAlchemy, no Alembic, no migration files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbinit.urls import DatabaseURL
+from tests.plugins.databases import TestDatabase, clean_env, run_dbinit
+from tests.plugins.pgproxy import counting_proxy
+
+
+def _through_proxy(url: DatabaseURL, port: int) -> str:
+    query = tuple((k, v) for k, v in url.query if k != "host")
+    proxied = dataclasses.replace(url, host="127.0.0.1", port=port, query=query)
+    return proxied.for_sqlalchemy(async_driver=True)
+
+
+@pytest.mark.parametrize("state", ["migrated", "empty"])
+def test_verify_sends_one_statement(project: Path, pg_database: TestDatabase, state: str) -> None:
+    url = pg_database.parsed
+    if state == "migrated":
+        assert run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url).returncode == 0
+    socket_dir = dict(url.query).get("host")
+    with counting_proxy(url.host, url.port, socket_dir) as proxy:
+        result = run_dbinit("verify", cwd=project, DATABASE_URL=_through_proxy(url, proxy.port))
+    if state == "migrated":
+        assert result.returncode == 0, result.output
+        # one statement, one round trip, simple protocol (no Parse/Bind/Describe)
+        assert proxy.statements == 1, proxy.messages
+        assert proxy.round_trips == 1, proxy.messages
+        assert proxy.messages["P"] == 0
+    else:
+        # no version table: a database that is not ready costs a second statement
+        assert result.returncode == 4, result.output
+        assert proxy.statements == 2, proxy.messages
+
+
+def test_verify_imports_neither_sqlalchemy_nor_alembic_nor_migrations(
+    project: Path, database: TestDatabase
+) -> None:
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
+    code = (
+        "import json, sys\n"
+        "from dbinit.management import ManagementUtility\n"
+        "status = ManagementUtility(['dbinit', 'verify']).execute()\n"
+        "print(json.dumps({'status': status, 'modules': sorted(sys.modules)}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True,
+                          env=clean_env(DATABASE_URL=database.url), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["status"] == 0
+    modules = result["modules"]
+    forbidden = [m for m in modules if m.split(".")[0] in ("sqlalchemy", "alembic", "mako", "aiosqlite")]
+    assert forbidden == []
+    # Alembic loads env.py and revision files as modules named like "env_py"
+    migration_modules = [m for m in modules if m.endswith("_py") or "374752db316e" in m]
+    assert migration_modules == []
