@@ -21,9 +21,14 @@ class Command(BaseCommand):
     has_format = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--tag", "-t", action="append", default=[], help="run checks with this tag")
-        parser.add_argument("--fail-level", default="ERROR",
-                            help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default ERROR)")
+        parser.add_argument(
+            "--tag", "-t", action="append", default=[], help="run checks with this tag"
+        )
+        parser.add_argument(
+            "--fail-level",
+            default="ERROR",
+            help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default ERROR)",
+        )
         parser.add_argument("--list", action="store_true", help="list the checks, run nothing")
 
     def handle(self, **options: Any) -> int:
@@ -36,34 +41,53 @@ class Command(BaseCommand):
         unknown = [t for t in options["tag"] if t not in known_tags]
         if unknown:
             raise ConfigurationError(
-                f"--tag: unknown tag(s) {', '.join(unknown)}", hint=f"Known tags: {', '.join(known_tags)}"
+                f"--tag: unknown tag(s) {', '.join(unknown)}",
+                hint=f"Known tags: {', '.join(known_tags)}",
             )
         selected = select_checks(checks, options["tag"])
         if options["list"]:
             if options["format"] == "json":
-                self.write_json([{"id": c.id, "name": c.name, "tags": list(c.tags), "plugin": c.plugin,
-                                  "requires_database": c.requires_database,
-                                  "description": c.description} for c in selected])
+                self.write_json(
+                    [
+                        {
+                            "id": c.id,
+                            "name": c.name,
+                            "tags": list(c.tags),
+                            "plugin": c.plugin,
+                            "requires_database": c.requires_database,
+                            "description": c.description,
+                        }
+                        for c in selected
+                    ]
+                )
             else:
                 for c in selected:
-                    self.stdout.write(f"{c.id}  {c.name}  [{', '.join(c.tags)}]  ({c.plugin})  {c.description}")
+                    self.stdout.write(
+                        f"{c.id}  {c.name}  [{', '.join(c.tags)}]  ({c.plugin})  {c.description}"
+                    )
             return 0
         report = asyncio.run(
             verify(self.settings, self.registry, self.log, checks=selected, fail_level=fail_level)
         )
-        messages = [(o, m) for o in report.outcomes for m in o.messages
-                    if m.level >= Level.WARNING and m.id not in self.settings.silenced_checks]
+        messages = [
+            (o, m)
+            for o in report.outcomes
+            for m in o.messages
+            if m.level >= Level.WARNING and m.id not in self.settings.silenced_checks
+        ]
         if options["format"] == "json":
             self.write_json({"ok": report.ok, "fail_level": fail_level.name, **report.to_json()})
         else:
             for outcome, message in messages:
-                self.stdout.write(f"{message.id or outcome.check.id}: ({message.level.name}) {message.msg}")
+                self.stdout.write(
+                    f"{message.id or outcome.check.id}: ({message.level.name}) {message.msg}"
+                )
                 if message.hint:
                     self.stdout.write(f"\tHINT: {message.hint}")
             count = len(messages)
             silenced = sum(1 for o in report.outcomes if o.status.value == "silenced")
             self.stdout.write(
-                f"System check identified {'no' if not count else count} issue{'s' if count != 1 else ''} "
+                f"System check identified {count or 'no'} issue{'s' if count != 1 else ''} "
                 f"({silenced} silenced)."
             )
         return ExitCode.OK if report.ok else ExitCode.NOT_READY

@@ -23,12 +23,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--plan", action="store_true", help="list the revisions that would run")
-        mode.add_argument("--sql", action="store_true", help="print offline SQL (no database access)")
-        parser.add_argument("--from", dest="from_revision", metavar="REV",
-                            help="with --sql: start from this revision instead of the base")
+        mode.add_argument(
+            "--sql", action="store_true", help="print offline SQL (no database access)"
+        )
+        parser.add_argument(
+            "--from",
+            dest="from_revision",
+            metavar="REV",
+            help="with --sql: start from this revision instead of the base",
+        )
         parser.add_argument("--strategy", help="migration strategy (default: upgrade)")
-        parser.add_argument("--force-recreate", action="store_true", default=None,
-                            help="DB_FORCE_RECREATE: drop everything, then upgrade")
+        parser.add_argument(
+            "--force-recreate",
+            action="store_true",
+            default=None,
+            help="DB_FORCE_RECREATE: drop everything, then upgrade",
+        )
         parser.add_argument("--lock-timeout", type=float, help="DBINIT_LOCK_TIMEOUT (seconds)")
 
     def settings_overrides(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -40,15 +50,24 @@ class Command(BaseCommand):
 
     def handle(self, **options: Any) -> int:
         if options["sql"]:
-            offline_sql(self.settings, read_scripts(self.settings), self._stdout_stream,
-                        options["from_revision"])
+            offline_sql(
+                self.settings,
+                read_scripts(self.settings),
+                self._stdout_stream,
+                options["from_revision"],
+            )
             return 0
         if options["plan"]:
             select_strategy(self.settings, self.registry, options["strategy"])
             result = asyncio.run(plan(self.settings))
             if options["format"] == "json":
-                self.write_json({"current": list(result.current), "heads": list(result.heads),
-                                 "pending": list(result.pending)})
+                self.write_json(
+                    {
+                        "current": list(result.current),
+                        "heads": list(result.heads),
+                        "pending": list(result.pending),
+                    }
+                )
             elif result.pending:
                 self.stdout.write(f"{len(result.pending)} migration(s) would run:")
                 for revision in result.pending:

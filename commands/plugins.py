@@ -17,16 +17,20 @@ class Command(BaseCommand):
         for info in registry.plugins:
             plugin = registry.pm.get_plugin(info.name)
             hooks = sorted(h.name for h in registry.pm.get_hookcallers(plugin) or [])
-            rows.append({
-                "name": info.name,
-                "source": info.source,
-                "module": info.module,
-                "distribution": info.distribution,
-                "hooks": hooks,
-                "checks": [c.id for c in registry.checks if c.plugin == info.name],
-                "strategies": [s for s, v in registry.strategies.items() if v.plugin == info.name],
-                "commands": [n for n, (p, _) in registry.commands.items() if p == info.name],
-            })
+            rows.append(
+                {
+                    "name": info.name,
+                    "source": info.source,
+                    "module": info.module,
+                    "distribution": info.distribution,
+                    "hooks": hooks,
+                    "checks": [c.id for c in registry.checks if c.plugin == info.name],
+                    "strategies": [
+                        s for s, v in registry.strategies.items() if v.plugin == info.name
+                    ],
+                    "commands": [n for n, (p, _) in registry.commands.items() if p == info.name],
+                }
+            )
         if options["format"] == "json":
             self.write_json(rows)
             return 0

@@ -10,7 +10,9 @@ from dbinit.verify import read_scripts, read_state
 
 
 class Command(BaseCommand):
-    help = "List every revision in upgrade order: [X] applied, [ ] pending; current and head marked."
+    help = (
+        "List every revision in upgrade order: [X] applied, [ ] pending; current and head marked."
+    )
     has_format = True
 
     def handle(self, **options: Any) -> int:
@@ -33,14 +35,17 @@ class Command(BaseCommand):
         ]
         unknown = sorted(current - set(graph.revisions))
         if options["format"] == "json":
-            self.write_json({"service": self.settings.service, "revisions": rows,
-                             "unknown_current": unknown})
+            self.write_json(
+                {"service": self.settings.service, "revisions": rows, "unknown_current": unknown}
+            )
             return 0
         self.stdout.write(f"{self.settings.service} ({self.settings.url.display_name})")
         for row in rows:
             marks = [m for m, on in (("current", row["current"]), ("head", row["head"])) if on]
             suffix = f"  ({', '.join(marks)})" if marks else ""
-            self.stdout.write(f" [{'X' if row['applied'] else ' '}] {row['revision']}  {row['file']}{suffix}")
+            self.stdout.write(
+                f" [{'X' if row['applied'] else ' '}] {row['revision']}  {row['file']}{suffix}"
+            )
         if not rows:
             self.stdout.write(" (no migrations)")
         for rev in unknown:

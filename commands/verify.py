@@ -40,7 +40,9 @@ class Command(BaseCommand):
 def write_report(command: BaseCommand, report: VerifyReport) -> None:
     for outcome in report.outcomes:
         mark = MARKS[outcome.status.value]
-        command.stdout.write(f"[{mark:>4}] {outcome.check.id} {outcome.check.name}: {outcome.message}")
+        command.stdout.write(
+            f"[{mark:>4}] {outcome.check.id} {outcome.check.name}: {outcome.message}"
+        )
         if outcome.hint and not outcome.ok:
             command.stdout.write(f"       hint: {outcome.hint}")
     command.stdout.write(

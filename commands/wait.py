@@ -18,9 +18,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--timeout", type=float, help="DBINIT_WAIT_TIMEOUT (seconds, default 60)")
-        parser.add_argument("--until-verified", action="store_true",
-                            help="wait until verification passes")
+        parser.add_argument(
+            "--timeout", type=float, help="DBINIT_WAIT_TIMEOUT (seconds, default 60)"
+        )
+        parser.add_argument(
+            "--until-verified", action="store_true", help="wait until verification passes"
+        )
 
     def settings_overrides(self, options: dict[str, Any]) -> dict[str, Any]:
         return {**super().settings_overrides(options), "wait_timeout": options.get("timeout")}

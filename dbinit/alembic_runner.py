@@ -22,7 +22,12 @@ if TYPE_CHECKING:
     from dbinit.scripts import MigrationScripts
     from dbinit.settings import Settings
 
-_ASYNC_MARKERS = ("async_engine_from_config", "create_async_engine", "AsyncEngine", "AsyncConnection")
+_ASYNC_MARKERS = (
+    "async_engine_from_config",
+    "create_async_engine",
+    "AsyncEngine",
+    "AsyncConnection",
+)
 
 
 def env_is_async(scripts: MigrationScripts) -> bool:
@@ -37,7 +42,9 @@ def env_is_async(scripts: MigrationScripts) -> bool:
     return any(marker in text for marker in _ASYNC_MARKERS)
 
 
-def alembic_config(settings: Settings, scripts: MigrationScripts, stdout: TextIO | None = None) -> Config:
+def alembic_config(
+    settings: Settings, scripts: MigrationScripts, stdout: TextIO | None = None
+) -> Config:
     from alembic.config import Config
 
     if scripts.alembic_ini is None:
@@ -118,7 +125,9 @@ def offline_sql(
         raise ConfigurationError(f"cannot render offline SQL: {exc}") from None
 
 
-def migration_error(exc: BaseException, revision: str | None, scripts: MigrationScripts) -> MigrationFailed:
+def migration_error(
+    exc: BaseException, revision: str | None, scripts: MigrationScripts
+) -> MigrationFailed:
     """A :class:`MigrationFailed` naming the revision and the database's error."""
     orig = getattr(exc, "orig", None)
     if orig is not None:

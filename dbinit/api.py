@@ -28,11 +28,15 @@ def resolve_settings(
 ) -> Settings:
     """Settings from an object, a URL, or the environment (with overrides)."""
     if isinstance(settings_or_url, Settings):
-        updates = {k: v for k, v in {
-            "service_name": service_name,
-            "alembic_ini": Path(alembic_ini_path) if alembic_ini_path else None,
-            **overrides,
-        }.items() if v is not None}
+        updates = {
+            k: v
+            for k, v in {
+                "service_name": service_name,
+                "alembic_ini": Path(alembic_ini_path) if alembic_ini_path else None,
+                **overrides,
+            }.items()
+            if v is not None
+        }
         return settings_or_url.model_copy(update=updates) if updates else settings_or_url
     return load_settings(
         database_url=settings_or_url,

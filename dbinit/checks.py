@@ -52,23 +52,23 @@ class CheckMessage:
         return self.level >= fail_level
 
 
-def Debug(msg: str, hint: str = "", id: str = "") -> CheckMessage:  # noqa: N802
+def Debug(msg: str, hint: str = "", id: str = "") -> CheckMessage:
     return CheckMessage(Level.DEBUG, msg, hint, id)
 
 
-def Info(msg: str, hint: str = "", id: str = "") -> CheckMessage:  # noqa: N802
+def Info(msg: str, hint: str = "", id: str = "") -> CheckMessage:
     return CheckMessage(Level.INFO, msg, hint, id)
 
 
-def Warning(msg: str, hint: str = "", id: str = "") -> CheckMessage:  # noqa: N802, A001
+def Warning(msg: str, hint: str = "", id: str = "") -> CheckMessage:
     return CheckMessage(Level.WARNING, msg, hint, id)
 
 
-def Error(msg: str, hint: str = "", id: str = "") -> CheckMessage:  # noqa: N802
+def Error(msg: str, hint: str = "", id: str = "") -> CheckMessage:
     return CheckMessage(Level.ERROR, msg, hint, id)
 
 
-def Critical(msg: str, hint: str = "", id: str = "") -> CheckMessage:  # noqa: N802
+def Critical(msg: str, hint: str = "", id: str = "") -> CheckMessage:
     return CheckMessage(Level.CRITICAL, msg, hint, id)
 
 

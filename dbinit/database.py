@@ -72,7 +72,9 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def postgres_state_query(schema: str | None, version_table: str, *, with_versions: bool = True) -> str:
+def postgres_state_query(
+    schema: str | None, version_table: str, *, with_versions: bool = True
+) -> str:
     """The single statement: server version, schema, table count, version rows.
 
     It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
@@ -85,7 +87,11 @@ def postgres_state_query(schema: str | None, version_table: str, *, with_version
     ``search_path``, as Alembic does.
     """
     schema_sql = _literal(schema) if schema else "current_schema()"
-    table = f"{_identifier(schema)}.{_identifier(version_table)}" if schema else _identifier(version_table)
+    table = (
+        f"{_identifier(schema)}.{_identifier(version_table)}"
+        if schema
+        else _identifier(version_table)
+    )
     versions = (
         f"true, (SELECT string_agg(version_num::text, ' ' ORDER BY version_num) FROM {table})"
         if with_versions
@@ -212,7 +218,9 @@ class SqliteProbe:
             ) from None
         finally:
             connection.close()
-        return DatabaseState("sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions)
+        return DatabaseState(
+            "sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions
+        )
 
     async def close(self) -> None:
         return None

@@ -66,7 +66,9 @@ class PluginError(DbinitError):
 
     exit_code = ExitCode.USAGE_ERROR
 
-    def __init__(self, plugin: str, message: str, *, hint: str = "", internal: bool = False) -> None:
+    def __init__(
+        self, plugin: str, message: str, *, hint: str = "", internal: bool = False
+    ) -> None:
         super().__init__(f"plugin {plugin!r}: {message}", hint=hint)
         self.plugin = plugin
         if internal:

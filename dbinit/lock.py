@@ -90,7 +90,7 @@ async def _postgres_lock(settings: Settings, log: FilteringBoundLogger) -> Async
                 "tcp_keepalives_count": "3",
             },
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnreachable(
             f"cannot connect to {settings.url.display_name}: {describe_connect_error(exc)}",
             hint=connect_hint(exc),

@@ -30,7 +30,11 @@ def select_strategy(settings: Settings, registry: Registry, name: str | None = N
     chosen = name or ("recreate" if settings.force_recreate else settings.strategy)
     strategies = registry.strategies
     if chosen not in strategies:
-        source = "--strategy" if name else ("DB_FORCE_RECREATE" if settings.force_recreate else "DBINIT_STRATEGY")
+        source = (
+            "--strategy"
+            if name
+            else ("DB_FORCE_RECREATE" if settings.force_recreate else "DBINIT_STRATEGY")
+        )
         raise ConfigurationError(
             f"{source}: unknown migration strategy {chosen!r}",
             hint=f"Available: {', '.join(sorted(strategies))} (see `dbinit plugins`)",
@@ -74,8 +78,12 @@ async def migrate(
             "migrate needs alembic.ini (DBINIT_ALEMBIC_INI)",
             hint="Run where alembic.ini is or set DBINIT_ALEMBIC_INI",
         )
-    log.info("Migration mode - running database migrations", strategy=strategy.name,
-             migration_count=scripts.count, heads=list(scripts.heads))
+    log.info(
+        "Migration mode - running database migrations",
+        strategy=strategy.name,
+        migration_count=scripts.count,
+        heads=list(scripts.heads),
+    )
     async with migration_lock(settings, log):
         # Read the state only now: another job may have migrated while we waited.
         state = await read_state(settings, "migrate")
@@ -97,11 +105,18 @@ async def migrate(
         )
         registry.notify("dbinit_migrate_finished", result=result)
     if applied:
-        log.info("Migrations applied successfully", applied=list(applied),
-                 current_revision=report.current_revision, duration_ms=round(result.duration_ms, 2))
+        log.info(
+            "Migrations applied successfully",
+            applied=list(applied),
+            current_revision=report.current_revision,
+            duration_ms=round(result.duration_ms, 2),
+        )
     else:
-        log.info("Database already up to date", current_revision=report.current_revision,
-                 duration_ms=round(result.duration_ms, 2))
+        log.info(
+            "Database already up to date",
+            current_revision=report.current_revision,
+            duration_ms=round(result.duration_ms, 2),
+        )
     return result
 
 

@@ -25,7 +25,7 @@ from dbinit.errors import PluginError
 from dbinit.strategies import Strategy
 
 if TYPE_CHECKING:
-    from dbinit.management.base import BaseCommand
+    pass
 
 PROJECT = "dbinit"
 
@@ -47,7 +47,9 @@ class PluginInfo:
     distribution: str = ""
 
 
-def build_plugin_manager(extra_modules: Sequence[str] = ()) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+def build_plugin_manager(
+    extra_modules: Sequence[str] = (),
+) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
     """Make a plugin manager with every plugin loaded and validated."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -98,12 +100,16 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(name, str(exc), hint="See dbinit.hookspecs for the hook signatures") from None
+        raise PluginError(
+            name, str(exc), hint="See dbinit.hookspecs for the hook signatures"
+        ) from None
     except ValueError as exc:
         raise PluginError(name, str(exc)) from None
 
 
-def _call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+def _call_each(
+    pm: pluggy.PluginManager, hook_name: str, **kwargs: Any
+) -> Iterator[tuple[str, Any]]:
     """Call every implementation of a collecting hook, naming its plugin."""
     caller = getattr(pm.hook, hook_name)
     for impl in caller.get_hookimpls():  # storage order: trylast built-ins first
@@ -133,7 +139,11 @@ def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
 
 
 def _blame(exc: BaseException, impls: Sequence[pluggy.HookImpl]) -> str:
-    codes = {impl.function.__code__: impl.plugin_name for impl in impls if hasattr(impl.function, "__code__")}
+    codes = {
+        impl.function.__code__: impl.plugin_name
+        for impl in impls
+        if hasattr(impl.function, "__code__")
+    }
     tb = exc.__traceback__
     blamed = "unknown plugin"
     while tb is not None:
@@ -142,8 +152,6 @@ def _blame(exc: BaseException, impls: Sequence[pluggy.HookImpl]) -> str:
             blamed = name
         tb = tb.tb_next
     return blamed
-
-
 
 
 @dataclasses.dataclass
@@ -173,7 +181,9 @@ class Registry:
         found: dict[str, tuple[str, Any]] = {}
         for plugin, mapping in _call_each(self.pm, "dbinit_commands"):
             if not isinstance(mapping, Mapping):
-                raise PluginError(plugin, "dbinit_commands must return a mapping of name to command")
+                raise PluginError(
+                    plugin, "dbinit_commands must return a mapping of name to command"
+                )
             for name, spec in mapping.items():
                 if name in found:
                     raise PluginError(
@@ -188,7 +198,9 @@ class Registry:
         items: list[Any] = []
         owners: dict[str, str] = {}
         for plugin, result in _call_each(self.pm, hook):
-            if isinstance(result, (str, bytes)) or not isinstance(result, (Sequence, types.GeneratorType)):
+            if isinstance(result, (str, bytes)) or not isinstance(
+                result, (Sequence, types.GeneratorType)
+            ):
                 raise PluginError(plugin, f"{hook} must return a sequence of {kind.__name__}")
             for item in result:
                 if not isinstance(item, kind):

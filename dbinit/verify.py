@@ -126,7 +126,9 @@ async def verify(
                 reason=outcome.message,
                 hint=outcome.hint,
             )
-    log.info("Database verification completed", ok=report.ok, duration_ms=round(report.duration_ms, 2))
+    log.info(
+        "Database verification completed", ok=report.ok, duration_ms=round(report.duration_ms, 2)
+    )
     if notify:
         registry.notify("dbinit_verify_finished", report=report)
     return report

@@ -57,8 +57,12 @@ async def wait_for_database(settings: Settings, log: FilteringBoundLogger, timeo
                     hint=exc.hint,
                 ) from None
             delay = min(next(delays), remaining)
-            log.info("Database not reachable yet", attempt=attempt, reason=exc.message,
-                     retry_in_s=round(delay, 2))
+            log.info(
+                "Database not reachable yet",
+                attempt=attempt,
+                reason=exc.message,
+                retry_in_s=round(delay, 2),
+            )
             await asyncio.sleep(delay)
 
 
@@ -88,6 +92,10 @@ async def wait_until_verified(
                 f"database not ready after {timeout:g}s ({attempt} attempts): {last}", hint=hint
             )
         delay = min(next(delays), remaining)
-        log.info("Waiting for the database to be ready", attempt=attempt, reason=last,
-                 retry_in_s=round(delay, 2))
+        log.info(
+            "Waiting for the database to be ready",
+            attempt=attempt,
+            reason=last,
+            retry_in_s=round(delay, 2),
+        )
         await asyncio.sleep(delay)

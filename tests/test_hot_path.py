@@ -51,13 +51,21 @@ def test_verify_imports_neither_sqlalchemy_nor_alembic_nor_migrations(
         "status = ManagementUtility(['dbinit', 'verify']).execute()\n"
         "print(json.dumps({'status': status, 'modules': sorted(sys.modules)}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True,
-                          env=clean_env(DATABASE_URL=database.url), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=clean_env(DATABASE_URL=database.url),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 0
     modules = result["modules"]
-    forbidden = [m for m in modules if m.split(".")[0] in ("sqlalchemy", "alembic", "mako", "aiosqlite")]
+    forbidden = [
+        m for m in modules if m.split(".")[0] in ("sqlalchemy", "alembic", "mako", "aiosqlite")
+    ]
     assert forbidden == []
     # Alembic loads env.py and revision files as modules named like "env_py"
     migration_modules = [m for m in modules if m.endswith("_py") or "374752db316e" in m]

@@ -18,7 +18,9 @@ UNREACHABLE = "postgresql+asyncpg://nobody@127.0.0.1:1/nowhere"
 
 
 def test_plan_lists_pending_revisions(project: Path, database: TestDatabase) -> None:
-    plan = run_dbinit("migrate", "--plan", "--format", "json", cwd=project, DATABASE_URL=database.url)
+    plan = run_dbinit(
+        "migrate", "--plan", "--format", "json", cwd=project, DATABASE_URL=database.url
+    )
     assert plan.returncode == 0, plan.output
     assert json.loads(plan.stdout) == {"current": [], "heads": [HEAD], "pending": ALL}
     assert not database.tables() - {"sqlite_sequence"}  # --plan wrote nothing
@@ -36,23 +38,32 @@ def test_offline_sql_never_touches_the_database(project: Path, tmp_path: Path) -
     assert result.returncode == 0, result.output
     assert "CREATE TABLE products" in result.stdout
     assert "CREATE TABLE orders" in result.stdout
-    assert f"INSERT INTO alembic_version (version_num) VALUES ('374752db316e')" in result.stdout
+    assert "INSERT INTO alembic_version (version_num) VALUES ('374752db316e')" in result.stdout
 
     sqlite_file = tmp_path / "never.sqlite3"
-    result = run_dbinit("migrate", "--sql", "--from", "5c9a1e7b2f40", cwd=project,
-                        DATABASE_URL=f"sqlite:///{sqlite_file}")
+    result = run_dbinit(
+        "migrate",
+        "--sql",
+        "--from",
+        "5c9a1e7b2f40",
+        cwd=project,
+        DATABASE_URL=f"sqlite:///{sqlite_file}",
+    )
     assert result.returncode == 0, result.output
     assert "CREATE TABLE products" not in result.stdout
     assert "ix_orders_status" in result.stdout
     assert not sqlite_file.exists()
 
 
-def test_force_recreate_drops_everything_then_upgrades(project: Path, database: TestDatabase) -> None:
+def test_force_recreate_drops_everything_then_upgrades(
+    project: Path, database: TestDatabase
+) -> None:
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
     database.sql("INSERT INTO products (id, name, price_cents) VALUES (1, 'croissant', 250)")
     database.sql("CREATE TABLE stray (id INTEGER)")
-    result = run_dbinit("migrate", "--force-recreate", "--format", "json", cwd=project,
-                        DATABASE_URL=database.url)
+    result = run_dbinit(
+        "migrate", "--force-recreate", "--format", "json", cwd=project, DATABASE_URL=database.url
+    )
     assert result.returncode == 0, result.output
     outcome = json.loads(result.stdout)
     assert outcome["strategy"] == "recreate"
@@ -69,25 +80,40 @@ def test_force_recreate_drops_everything_then_upgrades(project: Path, database: 
 def test_recreate_refused_in_production(project: Path, database: TestDatabase) -> None:
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
     database.sql("INSERT INTO products (id, name, price_cents) VALUES (1, 'croissant', 250)")
-    refused = run_dbinit("migrate", cwd=project, DATABASE_URL=database.url,
-                         ENVIRONMENT="production", DB_FORCE_RECREATE="true")
+    refused = run_dbinit(
+        "migrate",
+        cwd=project,
+        DATABASE_URL=database.url,
+        ENVIRONMENT="production",
+        DB_FORCE_RECREATE="true",
+    )
     assert refused.returncode == 7, refused.output
     assert "refused with ENVIRONMENT=production" in refused.stderr
     assert "DBINIT_ALLOW_DESTRUCTIVE" in refused.stderr
     assert database.sql("SELECT name FROM products") == [("croissant",)]
 
-    allowed = run_dbinit("migrate", cwd=project, DATABASE_URL=database.url, ENVIRONMENT="production",
-                         DB_FORCE_RECREATE="true", DBINIT_ALLOW_DESTRUCTIVE="true")
+    allowed = run_dbinit(
+        "migrate",
+        cwd=project,
+        DATABASE_URL=database.url,
+        ENVIRONMENT="production",
+        DB_FORCE_RECREATE="true",
+        DBINIT_ALLOW_DESTRUCTIVE="true",
+    )
     assert allowed.returncode == 0, allowed.output
     assert database.sql("SELECT count(*) FROM products") == [(0,)]
 
 
 def test_unknown_strategy_is_a_usage_error(project: Path, sqlite_database: TestDatabase) -> None:
-    result = run_dbinit("migrate", "--strategy", "yolo", cwd=project, DATABASE_URL=sqlite_database.url)
+    result = run_dbinit(
+        "migrate", "--strategy", "yolo", cwd=project, DATABASE_URL=sqlite_database.url
+    )
     assert result.returncode == 2
     assert "unknown migration strategy 'yolo'" in result.stderr
     assert "upgrade" in result.stderr and "recreate" in result.stderr
-    result = run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url, DBINIT_STRATEGY="yolo")
+    result = run_dbinit(
+        "migrate", cwd=project, DATABASE_URL=sqlite_database.url, DBINIT_STRATEGY="yolo"
+    )
     assert result.returncode == 2
     assert "DBINIT_STRATEGY" in result.stderr
 
@@ -96,9 +122,13 @@ def test_failing_migration_exits_5_and_keeps_the_previous_revision(
     project: Path, database: TestDatabase
 ) -> None:
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
-    add_revision(project, "aaaa00000001", HEAD, body='op.create_table("audit", sa.Column("id", sa.Integer))')
     add_revision(
-        project, "bbbb00000002", "aaaa00000001",
+        project, "aaaa00000001", HEAD, body='op.create_table("audit", sa.Column("id", sa.Integer))'
+    )
+    add_revision(
+        project,
+        "bbbb00000002",
+        "aaaa00000001",
         body='op.create_table("halfway", sa.Column("id", sa.Integer))\n'
         'op.execute("SELECT * FROM no_such_table")',
     )
@@ -120,21 +150,36 @@ def _alembic_init(tmp_path: Path, template: str) -> Path:
     project.mkdir()
     env = clean_env()
     alembic = [sys.executable, "-m", "alembic"]
-    subprocess.run([*alembic, "init", "-t", template, "migrations"], cwd=project, env=env,
-                   check=True, capture_output=True)
-    subprocess.run([*alembic, "revision", "-m", "create bread", "--rev-id", "b7ead0000001"],
-                   cwd=project, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*alembic, "init", "-t", template, "migrations"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*alembic, "revision", "-m", "create bread", "--rev-id", "b7ead0000001"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     revision = next((project / "migrations" / "versions").glob("b7ead0000001_*.py"))
     text = revision.read_text()
-    body = ('    op.create_table("bread", sa.Column("id", sa.Integer, primary_key=True),\n'
-            '                    sa.Column("name", sa.String(50)))')
-    revision.write_text(text.replace('    """Upgrade schema."""\n    pass',
-                                     '    """Upgrade schema."""\n' + body, 1))
+    body = (
+        '    op.create_table("bread", sa.Column("id", sa.Integer, primary_key=True),\n'
+        '                    sa.Column("name", sa.String(50)))'
+    )
+    revision.write_text(
+        text.replace('    """Upgrade schema."""\n    pass', '    """Upgrade schema."""\n' + body, 1)
+    )
     return project
 
 
 @pytest.mark.parametrize("template", ["generic", "async"])
-def test_unmodified_alembic_init_projects(tmp_path: Path, database: TestDatabase, template: str) -> None:
+def test_unmodified_alembic_init_projects(
+    tmp_path: Path, database: TestDatabase, template: str
+) -> None:
     project = _alembic_init(tmp_path, template)
     before = run_dbinit("verify", cwd=project, DATABASE_URL=database.url)
     assert before.returncode == 4, before.output

@@ -12,7 +12,7 @@ import pytest
 from dbinit import hookspecs
 from tests.plugins.databases import TestDatabase, run_dbinit
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 from pathlib import Path
 from dbinit import hookimpl
 from dbinit.checks import Error, Info, check
@@ -58,7 +58,7 @@ def dbinit_commands():
 @hookimpl
 def dbinit_verify_finished(report):
     Path("verified.log").open("a").write(f"{report.action} {report.current_revision}\\n")
-'''
+"""
 
 
 def _plugin(tmp_path: Path, name: str, source: str) -> dict[str, str]:
@@ -106,38 +106,75 @@ def test_plugin_contributes_check_strategy_command_and_hook(
     ("source", "code", "expected"),
     [
         ("raise ImportError('missing dependency foo')\n", 2, "cannot be imported"),
-        ("from dbinit import hookimpl\n@hookimpl\ndef dbinit_no_such_hook():\n    pass\n", 2,
-         "dbinit_no_such_hook"),
-        ("from dbinit import hookimpl\n@hookimpl\ndef dbinit_checks():\n    raise RuntimeError('boom')\n",
-         1, "hook dbinit_checks raised RuntimeError: boom"),
-        ("from dbinit import hookimpl\n@hookimpl\ndef dbinit_checks():\n    return ['not a check']\n",
-         2, "returned str, not Check"),
-        ("from dbinit import hookimpl\nfrom dbinit.plugins.checks import migrations_present\n"
-         "@hookimpl\ndef dbinit_checks():\n    return [migrations_present]\n", 2,
-         "check id 'dbinit.E001' is already provided by plugin 'dbinit.plugins.checks'"),
-        ("from dbinit import hookimpl\n@hookimpl\ndef dbinit_verify_finished(report):\n"
-         "    raise ValueError('metrics down')\n", 1, "hook dbinit_verify_finished raised ValueError"),
+        (
+            "from dbinit import hookimpl\n@hookimpl\ndef dbinit_no_such_hook():\n    pass\n",
+            2,
+            "dbinit_no_such_hook",
+        ),
+        (
+            "from dbinit import hookimpl\n@hookimpl\ndef dbinit_checks():\n    raise RuntimeError('boom')\n",
+            1,
+            "hook dbinit_checks raised RuntimeError: boom",
+        ),
+        (
+            "from dbinit import hookimpl\n@hookimpl\ndef dbinit_checks():\n    return ['not a check']\n",
+            2,
+            "returned str, not Check",
+        ),
+        (
+            "from dbinit import hookimpl\nfrom dbinit.plugins.checks import migrations_present\n"
+            "@hookimpl\ndef dbinit_checks():\n    return [migrations_present]\n",
+            2,
+            "check id 'dbinit.E001' is already provided by plugin 'dbinit.plugins.checks'",
+        ),
+        (
+            "from dbinit import hookimpl\n@hookimpl\ndef dbinit_verify_finished(report):\n"
+            "    raise ValueError('metrics down')\n",
+            1,
+            "hook dbinit_verify_finished raised ValueError",
+        ),
     ],
-    ids=["import-error", "unknown-hook", "raises", "wrong-type", "duplicate-id", "raises-in-notify"],
+    ids=[
+        "import-error",
+        "unknown-hook",
+        "raises",
+        "wrong-type",
+        "duplicate-id",
+        "raises-in-notify",
+    ],
 )
 def test_broken_plugin_is_named_never_ignored(
-    tmp_path: Path, project: Path, sqlite_database: TestDatabase, source: str, code: int, expected: str
+    tmp_path: Path,
+    project: Path,
+    sqlite_database: TestDatabase,
+    source: str,
+    code: int,
+    expected: str,
 ) -> None:
     env = _plugin(tmp_path, "broken_plugin", source)
-    result = run_dbinit("verify", cwd=project, DATABASE_URL=sqlite_database.url,
-                        DBINIT_PLUGINS="broken_plugin", **env)
+    result = run_dbinit(
+        "verify",
+        cwd=project,
+        DATABASE_URL=sqlite_database.url,
+        DBINIT_PLUGINS="broken_plugin",
+        **env,
+    )
     assert result.returncode == code, result.output
     assert "broken_plugin" in result.stderr
     assert expected in result.stderr
 
 
-def test_entry_point_plugin_is_loaded(tmp_path: Path, project: Path, sqlite_database: TestDatabase) -> None:
+def test_entry_point_plugin_is_loaded(
+    tmp_path: Path, project: Path, sqlite_database: TestDatabase
+) -> None:
     env = _plugin(tmp_path, "acme_ep", GOOD_PLUGIN)
     dist = tmp_path / "plugins_path" / "acme_ep-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ep\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[dbinit]\nacme = acme_ep\n")
-    result = run_dbinit("plugins", "--format", "json", cwd=project, DATABASE_URL=sqlite_database.url, **env)
+    result = run_dbinit(
+        "plugins", "--format", "json", cwd=project, DATABASE_URL=sqlite_database.url, **env
+    )
     assert result.returncode == 0, result.output
     acme = next(p for p in json.loads(result.stdout) if p["name"] == "acme")
     assert acme["source"] == "entrypoint"
@@ -147,8 +184,13 @@ def test_entry_point_plugin_is_loaded(tmp_path: Path, project: Path, sqlite_data
 
 def test_every_hook_is_documented() -> None:
     names = [n for n in dir(hookspecs) if n.startswith("dbinit_")]
-    assert set(names) >= {"dbinit_checks", "dbinit_strategies", "dbinit_commands",
-                          "dbinit_verify_finished", "dbinit_migrate_finished"}
+    assert set(names) >= {
+        "dbinit_checks",
+        "dbinit_strategies",
+        "dbinit_commands",
+        "dbinit_verify_finished",
+        "dbinit_migrate_finished",
+    }
     for name in names:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Called" in doc, f"{name} does not say when it is called"

@@ -11,7 +11,9 @@ SEED_KEYS = {"action", "message", "current_revision", "migration_count", "table_
 HEAD = "8d3f6b2a9c11"
 
 
-def test_empty_database_fails_verification_naming_the_check(project: Path, database: TestDatabase) -> None:
+def test_empty_database_fails_verification_naming_the_check(
+    project: Path, database: TestDatabase
+) -> None:
     result = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=database.url)
     assert result.returncode == 4, result.output
     report = json.loads(result.stdout)
@@ -35,7 +37,7 @@ def test_migrate_then_verify(project: Path, database: TestDatabase) -> None:
     verified = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=database.url)
     assert verified.returncode == 0, verified.output
     report = json.loads(verified.stdout)
-    assert SEED_KEYS <= report.keys()
+    assert report.keys() >= SEED_KEYS
     assert report["action"] == "verified"
     assert report["message"] == "Database verified successfully - ready for service"
     assert report["current_revision"] == HEAD
@@ -96,7 +98,9 @@ def test_garbage_revision_is_unknown(project: Path, database: TestDatabase) -> N
     assert report["hint"]
 
 
-def test_verify_never_writes_even_when_force_recreate_is_set(project: Path, database: TestDatabase) -> None:
+def test_verify_never_writes_even_when_force_recreate_is_set(
+    project: Path, database: TestDatabase
+) -> None:
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
     database.sql("INSERT INTO products (id, name, price_cents) VALUES (1, 'croissant', 250)")
     result = run_dbinit("verify", cwd=project, DATABASE_URL=database.url, DB_FORCE_RECREATE="true")

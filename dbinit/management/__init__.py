@@ -13,7 +13,7 @@ import sys
 from typing import Any, NoReturn, TextIO
 
 from dbinit import __version__
-from dbinit.errors import DbinitError, ExitCode
+from dbinit.errors import DbinitError
 from dbinit.management.base import BaseCommand, CommandError
 
 __all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line", "main"]
@@ -26,7 +26,9 @@ def _registry_commands() -> dict[str, tuple[str, Any]]:
     return dict(Registry.load(extra).commands)
 
 
-def load_command_class(name: str, stdout: TextIO | None = None, stderr: TextIO | None = None) -> BaseCommand:
+def load_command_class(
+    name: str, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> BaseCommand:
     commands = _registry_commands()
     if name not in commands:
         raise CommandError(
@@ -44,8 +46,13 @@ def load_command_class(name: str, stdout: TextIO | None = None, stderr: TextIO |
     return command_class(stdout=stdout, stderr=stderr)
 
 
-def call_command(name: str, *args: str, stdout: TextIO | None = None, stderr: TextIO | None = None,
-                 **options: Any) -> int:
+def call_command(
+    name: str,
+    *args: str,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    **options: Any,
+) -> int:
     """Run a command as the command line would; returns its exit code.
 
     ``options`` are given as flags (``format="json"`` -> ``--format json``,
@@ -121,5 +128,3 @@ def main() -> NoReturn:
         execute_from_command_line(sys.argv)
     except KeyboardInterrupt:
         sys.exit(130)
-
-

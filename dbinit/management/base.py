@@ -23,7 +23,9 @@ from dbinit.logs import Redactor, configure_logging, get_logger
 class CommandError(DbinitError):
     """The one error a command raises on purpose (Django's name)."""
 
-    def __init__(self, message: str, *, returncode: int = ExitCode.USAGE_ERROR, hint: str = "") -> None:
+    def __init__(
+        self, message: str, *, returncode: int = ExitCode.USAGE_ERROR, hint: str = ""
+    ) -> None:
         super().__init__(message, hint=hint)
         self.exit_code = ExitCode(returncode)
 
@@ -88,26 +90,40 @@ class BaseCommand:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         common = parser.add_argument_group("settings (override the environment)")
-        common.add_argument("--database-url", dest="database_url",
-                            help="database URL (prefer the DATABASE_URL environment variable: "
-                            "arguments are visible to other processes)")
+        common.add_argument(
+            "--database-url",
+            dest="database_url",
+            help="database URL (prefer the DATABASE_URL environment variable: "
+            "arguments are visible to other processes)",
+        )
         common.add_argument("--service-name", dest="service_name", help="SERVICE_NAME")
         common.add_argument("--alembic-ini", dest="alembic_ini", help="DBINIT_ALEMBIC_INI")
         common.add_argument("--migrations-dir", dest="migrations_dir", help="DBINIT_MIGRATIONS_DIR")
         common.add_argument("--log-format", dest="log_format", choices=("auto", "json", "console"))
-        common.add_argument("--log-level", dest="log_level",
-                            choices=("debug", "info", "warning", "error"))
+        common.add_argument(
+            "--log-level", dest="log_level", choices=("debug", "info", "warning", "error")
+        )
         if self.has_format:
-            parser.add_argument("--format", choices=("text", "json"), default="text",
-                                help="output format (default: text)")
+            parser.add_argument(
+                "--format",
+                choices=("text", "json"),
+                default="text",
+                help="output format (default: text)",
+            )
         self.add_arguments(parser)
         return parser
 
     def print_help(self, prog_name: str, subcommand: str) -> None:
         self.stdout.write(self.create_parser(prog_name, subcommand).format_help(), ending="")
 
-    SETTING_OPTIONS = ("database_url", "service_name", "alembic_ini", "migrations_dir",
-                       "log_format", "log_level")
+    SETTING_OPTIONS = (
+        "database_url",
+        "service_name",
+        "alembic_ini",
+        "migrations_dir",
+        "log_format",
+        "log_level",
+    )
 
     def settings_overrides(self, options: dict[str, Any]) -> dict[str, Any]:
         """Flags that map onto settings (None: not given). Commands may extend it."""
@@ -145,8 +161,12 @@ class BaseCommand:
                 redactor=self.redactor,
             )
         self.redactor.add(self.settings.url.password)
-        configure_logging(self.settings.log_format, self.settings.log_level,
-                          stream=self._stderr_stream, redactor=self.redactor)
+        configure_logging(
+            self.settings.log_format,
+            self.settings.log_level,
+            stream=self._stderr_stream,
+            redactor=self.redactor,
+        )
         self.log = get_logger(self.settings.service)
         self.registry = Registry.load(self.settings.plugins)
         code = self.handle(**options)
@@ -155,14 +175,18 @@ class BaseCommand:
     def report_error(self, exc: DbinitError, options: dict[str, Any]) -> int:
         code = int(exc.exit_code)
         if options.get("format") == "json":
-            self.stdout.write(json.dumps({
-                "ok": False,
-                "action": "failed",
-                "error": type(exc).__name__,
-                "message": exc.message,
-                "hint": exc.hint,
-                "exit_code": code,
-            }))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "ok": False,
+                        "action": "failed",
+                        "error": type(exc).__name__,
+                        "message": exc.message,
+                        "hint": exc.hint,
+                        "exit_code": code,
+                    }
+                )
+            )
         self.stderr.write(f"Error: {exc.message}")
         if exc.hint:
             self.stderr.write(f"Hint: {exc.hint}")

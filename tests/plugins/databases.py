@@ -58,9 +58,7 @@ class TestDatabase:
         if self.backend == "sqlite":
             rows = self.sql("SELECT name FROM sqlite_master WHERE type = 'table'")
         else:
-            rows = self.sql(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-            )
+            rows = self.sql("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
         return {str(r[0]) for r in rows}
 
     def versions(self) -> set[str]:
@@ -99,7 +97,9 @@ class PostgresServer:
         return name
 
     def drop(self, name: str) -> None:
-        asyncio.run(_pg_sql(self.admin.asyncpg_dsn(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(
+            _pg_sql(self.admin.asyncpg_dsn(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +145,9 @@ def database(request: pytest.FixtureRequest) -> TestDatabase:
 def project(tmp_path: Path) -> Path:
     """A copy of the example service, free to modify."""
     target = tmp_path / "project"
-    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("*.sqlite3*", "__pycache__", ".env"))
+    shutil.copytree(
+        EXAMPLE, target, ignore=shutil.ignore_patterns("*.sqlite3*", "__pycache__", ".env")
+    )
     return target
 
 
@@ -162,17 +164,21 @@ class Result:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a dbinit subprocess: no stray dbinit settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DBINIT_", "DATABASE_URL")) and k not in
-           ("SERVICE_NAME", "ENVIRONMENT", "DB_FORCE_RECREATE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DBINIT_", "DATABASE_URL"))
+        and k not in ("SERVICE_NAME", "ENVIRONMENT", "DB_FORCE_RECREATE")
+    }
     env["DBINIT_LOG_FORMAT"] = "json"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
 
-def run_dbinit(*args: str, cwd: Path, env: dict[str, str] | None = None,
-               timeout: float = 120, **settings: str) -> Result:
+def run_dbinit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120, **settings: str
+) -> Result:
     """Run ``python -m dbinit ARGS`` as a user would, and collect its output."""
     proc = subprocess.run(
         [sys.executable, "-m", "dbinit", *args],
@@ -186,7 +192,9 @@ def run_dbinit(*args: str, cwd: Path, env: dict[str, str] | None = None,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def add_revision(project: Path, rev_id: str, down: str | None, body: str = "pass", **extra: str) -> Path:
+def add_revision(
+    project: Path, rev_id: str, down: str | None, body: str = "pass", **extra: str
+) -> Path:
     """Write a revision file in Alembic's own shape."""
     versions = project / "migrations" / "versions"
     lines = [

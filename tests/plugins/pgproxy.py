@@ -22,7 +22,9 @@ GSS_REQUEST = 80877104
 
 
 class CountingProxy:
-    def __init__(self, upstream_host: str | None, upstream_port: int | None, socket_dir: str | None) -> None:
+    def __init__(
+        self, upstream_host: str | None, upstream_port: int | None, socket_dir: str | None
+    ) -> None:
         self.upstream = (upstream_host, upstream_port, socket_dir)
         self.messages: collections.Counter[str] = collections.Counter()
         self.port = 0
@@ -98,7 +100,9 @@ class CountingProxy:
 
 
 @contextlib.contextmanager
-def counting_proxy(host: str | None, port: int | None, socket_dir: str | None) -> Iterator[CountingProxy]:
+def counting_proxy(
+    host: str | None, port: int | None, socket_dir: str | None
+) -> Iterator[CountingProxy]:
     proxy = CountingProxy(host, port, socket_dir)
     proxy.start()
     try:

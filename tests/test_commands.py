@@ -1,0 +1,110 @@
+"""The command line as a user meets it: help, dispatch, wait, showmigrations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dbinit import __version__
+from tests.plugins.databases import TestDatabase, add_revision, clean_env, run_dbinit
+
+CLOSED_PORT = "postgresql+asyncpg://nobody@127.0.0.1:1/nowhere"
+
+
+def test_help_lists_commands_and_every_command_has_help(project: Path) -> None:
+    result = run_dbinit("help", cwd=project)
+    assert result.returncode == 0
+    for name in ("verify", "migrate", "wait", "showmigrations", "check", "plugins"):
+        assert f"    {name}" in result.stdout
+        sub = run_dbinit("help", name, cwd=project)
+        assert sub.returncode == 0, sub.output
+        assert f"dbinit {name}" in sub.stdout or f"-m dbinit {name}" in sub.stdout
+        assert "--database-url" in sub.stdout
+    assert run_dbinit("--version", cwd=project).stdout.strip() == __version__
+    assert run_dbinit(cwd=project).returncode == 0  # no command: the help
+
+
+def test_unknown_command_and_bad_flag_are_usage_errors(project: Path) -> None:
+    unknown = run_dbinit("verfy", cwd=project)
+    assert unknown.returncode == 2
+    assert "Unknown command: 'verfy'" in unknown.stderr
+    bad = run_dbinit("verify", "--no-such-flag", cwd=project)
+    assert bad.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in bad.stderr
+    bad_choice = run_dbinit("verify", "--format", "yaml", cwd=project)
+    assert bad_choice.returncode == 2
+
+
+def test_manage_py_and_console_script_are_the_same_dispatcher(
+    project: Path, sqlite_database: TestDatabase
+) -> None:
+    env = clean_env(DATABASE_URL=sqlite_database.url)
+    manage = subprocess.run([sys.executable, "manage.py", "migrate", "--format", "json"], cwd=project,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert manage.returncode == 0, manage.stderr
+    assert json.loads(manage.stdout)["action"] == "migrations_applied"
+    script = Path(sys.executable).with_name("dbinit")
+    verify = subprocess.run([str(script), "verify"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    assert "verified: Database verified successfully" in verify.stdout
+
+
+def test_wait_gives_up_with_exit_3_within_the_timeout(project: Path) -> None:
+    started = time.monotonic()
+    result = run_dbinit("wait", "--timeout", "1.5", cwd=project, DATABASE_URL=CLOSED_PORT)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.output
+    assert "connection refused" in result.stderr
+    assert "gave up after" in result.stderr
+    attempts = [line for line in result.stderr.splitlines() if "Database not reachable yet" in line]
+    assert len(attempts) >= 2  # it retried, with backoff
+    assert elapsed < 15  # bounded by the timeout plus interpreter start, not hanging
+
+
+def test_wait_succeeds_on_a_live_database(project: Path, database: TestDatabase) -> None:
+    result = run_dbinit("wait", "--timeout", "10", cwd=project, DATABASE_URL=database.url)
+    assert result.returncode == 0, result.output
+    assert "Database is accepting connections" in result.stdout
+
+
+def test_wait_until_verified_returns_once_the_job_has_migrated(
+    project: Path, pg_database: TestDatabase
+) -> None:
+    env = clean_env(DATABASE_URL=pg_database.url)
+    waiter = subprocess.Popen([sys.executable, "-m", "dbinit", "wait", "--until-verified", "--timeout", "60"],
+                              cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the waiter is polling an empty database; now the "job" runs
+        job = run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url)
+        assert job.returncode == 0, job.output
+        stdout, stderr = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, stderr
+    assert "Database is ready." in stdout
+
+
+def test_wait_until_verified_times_out_with_exit_4(project: Path, database: TestDatabase) -> None:
+    result = run_dbinit("wait", "--until-verified", "--timeout", "1", cwd=project, DATABASE_URL=database.url)
+    assert result.returncode == 4, result.output
+    assert "database not ready after 1s" in result.stderr
+    assert "dbinit.E002" in result.stderr
+
+
+def test_showmigrations_marks_applied_current_and_head(project: Path, database: TestDatabase) -> None:
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
+    add_revision(project, "f00dcafe0001", "8d3f6b2a9c11")
+    result = run_dbinit("showmigrations", cwd=project, DATABASE_URL=database.url)
+    assert result.returncode == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("orders (")
+    assert lines[1].startswith(" [X] 374752db316e")
+    assert lines[3].startswith(" [X] 8d3f6b2a9c11") and lines[3].endswith("(current)")
+    assert lines[4].startswith(" [ ] f00dcafe0001") and lines[4].endswith("(head)")
+    data = json.loads(run_dbinit("showmigrations", "--format", "json", cwd=project,
+                                 DATABASE_URL=database.url).stdout)
+    assert [r["applied"] for r in data["revisions"]] == [True, True, True, False]
