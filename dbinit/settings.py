@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     connect_timeout: PositiveFloat = 5.0
     verify_timeout: PositiveFloat = 10.0
     wait_timeout: PositiveFloat = 60.0
+    startup_timeout: PositiveFloat = 30.0
     lock_timeout: PositiveFloat = 300.0
     statement_timeout: PositiveFloat | None = None
     ddl_lock_timeout: PositiveFloat | None = None
