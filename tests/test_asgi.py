@@ -25,7 +25,9 @@ class FakeClock:
         return self.now
 
 
-async def drive_lifespan(app: Any, *, shutdown: bool = True) -> tuple[list[dict[str, Any]], BaseException | None]:
+async def drive_lifespan(
+    app: Any, *, shutdown: bool = True
+) -> tuple[list[dict[str, Any]], BaseException | None]:
     """Act as the server: send startup (and shutdown), record every message the app sends."""
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     sent: list[dict[str, Any]] = []
@@ -141,7 +143,9 @@ def test_wrapper_passes_through_an_app_without_lifespan_support(
     async def http_only(scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http", "lifespan not supported"
 
-    sent, error = asyncio.run(drive_lifespan(DatabaseGate(_settings(project, sqlite_database.url)).wrap(http_only)))
+    sent, error = asyncio.run(
+        drive_lifespan(DatabaseGate(_settings(project, sqlite_database.url)).wrap(http_only))
+    )
     assert error is None
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
@@ -201,15 +205,19 @@ def test_starlette_lifespan_failure_never_runs_app_startup(project: Path, databa
 
 
 def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_database: TestDatabase) -> None:
-    from tests.test_hot_path import _through_proxy
     from tests.plugins.pgproxy import counting_proxy
+    from tests.test_hot_path import _through_proxy
 
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url).returncode == 0
     url = pg_database.parsed
     clock = FakeClock()
     with counting_proxy(url.host, url.port, dict(url.query).get("host")) as proxy:
-        gate = DatabaseGate(_settings(project, _through_proxy(url, proxy.port)), readiness_path="/readyz",
-                            readiness_cache=5.0, clock=clock)
+        gate = DatabaseGate(
+            _settings(project, _through_proxy(url, proxy.port)),
+            readiness_path="/readyz",
+            readiness_cache=5.0,
+            clock=clock,
+        )
         app = gate.wrap(_no_app)
 
         async def scenario() -> list[int]:
@@ -223,7 +231,9 @@ def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_databas
             results = await asyncio.gather(*(http_get(app, "/readyz") for _ in range(50)))
             assert {status for status, _ in results} == {200}
             counts.append(proxy.statements)  # one refresh for 50 concurrent requests
-            await asyncio.to_thread(pg_database.sql, "UPDATE alembic_version SET version_num = 'ffffffffffff'")
+            await asyncio.to_thread(
+                pg_database.sql, "UPDATE alembic_version SET version_num = 'ffffffffffff'"
+            )
             clock.now += 5.1
             status, body = await http_get(app, "/readyz")
             assert status == 503 and "dbinit.E004" in body["message"]

@@ -31,14 +31,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(server: str, project: Path, database: TestDatabase, **env: str) -> tuple[subprocess.Popen[str], int]:
+def start(
+    server: str, project: Path, database: TestDatabase, **env: str
+) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     argv = [sys.executable, *SERVERS[server]]
     argv.append(f"127.0.0.1:{port}" if server == "hypercorn" else str(port))
     process = subprocess.Popen(
-        argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=clean_env(DATABASE_URL=database.url, DBINIT_READINESS_PATH="/readyz",
-                      DBINIT_LIVENESS_PATH="/livez", DBINIT_READINESS_CACHE="0.2", **env),
+        argv,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(
+            DATABASE_URL=database.url,
+            DBINIT_READINESS_PATH="/readyz",
+            DBINIT_LIVENESS_PATH="/livez",
+            DBINIT_READINESS_CACHE="0.2",
+            **env,
+        ),
     )
     return process, port
 
