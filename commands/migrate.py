@@ -76,7 +76,9 @@ class Command(BaseCommand):
                 self.stdout.write("Nothing to do: the database is at head.")
             return 0
         outcome = asyncio.run(
-            migrate(self.settings, self.registry, self.log, strategy_name=options["strategy"])
+            migrate(
+                self.settings, self.registry, self.log, strategy_name=options["strategy"], handle_signals=True
+            )
         )
         if options["format"] == "json":
             self.write_json(outcome.to_json())

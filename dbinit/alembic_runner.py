@@ -9,16 +9,19 @@ transaction (``transaction_per_migration``) unless ``env.py`` says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dbinit.errors import ConfigurationError, MigrationFailed
+from dbinit.errors import ConfigurationError, Interrupted, MigrationFailed
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.interrupts import RunControl
     from dbinit.scripts import MigrationScripts
     from dbinit.settings import Settings
 
@@ -63,8 +66,19 @@ def alembic_config(
     return config
 
 
-def upgrade(settings: Settings, scripts: MigrationScripts, log: FilteringBoundLogger) -> list[str]:
-    """``alembic upgrade heads``; returns the applied revisions in order."""
+def upgrade(
+    settings: Settings,
+    scripts: MigrationScripts,
+    log: FilteringBoundLogger,
+    control: RunControl | None = None,
+) -> list[str]:
+    """``alembic upgrade heads``; returns the applied revisions in order.
+
+    With a :class:`RunControl`, a stop request aborts at the next migration
+    boundary (rolling back the migration just run) and the migration sessions
+    carry ``control.session_tag`` as ``application_name`` so that the running
+    statement can be cancelled on the server.
+    """
     from alembic import util as alembic_util
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
@@ -75,6 +89,9 @@ def upgrade(settings: Settings, scripts: MigrationScripts, log: FilteringBoundLo
     planned: list[str] = []
 
     def on_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        if control is not None:
+            # still inside this migration's transaction: raising rolls it back
+            control.raise_if_stopping(f"migration {step.up_revision_id} rolled back")
         if step.is_upgrade:
             applied.append(step.up_revision_id)
             log.info("Migration applied", revision=step.up_revision_id, doc=step.up_revision.doc)
@@ -102,12 +119,58 @@ def upgrade(settings: Settings, scripts: MigrationScripts, log: FilteringBoundLo
 
     environment.configure = configure_per_migration  # type: ignore[method-assign]
     try:
-        with environment:
+        with session_settings(settings, control), environment:
             script.run_env()
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
+        if control is not None and control.stopping:
+            if isinstance(exc, Interrupted):
+                raise
+            raise control.interrupted(
+                f"migration {failing} cancelled and rolled back"
+                + (f" (applied before: {', '.join(applied)})" if applied else "")
+            ) from None
         raise migration_error(exc, failing, scripts) from exc
     return applied
+
+
+@contextlib.contextmanager
+def session_settings(settings: Settings, control: RunControl | None) -> Iterator[None]:
+    """Tag and bound every PostgreSQL session Alembic opens (SQLAlchemy pool event).
+
+    ``application_name`` lets a signal cancel the running statement;
+    ``DBINIT_STATEMENT_TIMEOUT`` / ``DBINIT_DDL_LOCK_TIMEOUT`` become
+    ``statement_timeout`` / ``lock_timeout``, so a migration cannot block
+    production traffic indefinitely behind a lock. Set only here, after the
+    migration lock is held (a ``lock_timeout`` would also cut the advisory
+    lock wait).
+    """
+    if settings.url.is_sqlite:
+        yield
+        return
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    statements = []
+    if control is not None:
+        statements.append(f"SET application_name = '{control.session_tag}'")
+    if settings.statement_timeout:
+        statements.append(f"SET statement_timeout = '{int(settings.statement_timeout * 1000)}ms'")
+    if settings.ddl_lock_timeout:
+        statements.append(f"SET lock_timeout = '{int(settings.ddl_lock_timeout * 1000)}ms'")
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+        cursor.close()
+        dbapi_connection.commit()
+
+    event.listen(Pool, "connect", on_connect)
+    try:
+        yield
+    finally:
+        event.remove(Pool, "connect", on_connect)
 
 
 def offline_sql(

@@ -107,3 +107,12 @@ class Refused(DbinitError):
     """A destructive operation was asked for where it is not allowed."""
 
     exit_code = ExitCode.REFUSED
+
+
+class Interrupted(DbinitError):
+    """Stopped by SIGTERM or SIGINT; exits 128 + the signal number (143, 130)."""
+
+    def __init__(self, signum: int, message: str, *, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.signum = signum
+        self.exit_code = 128 + signum  # type: ignore[assignment]

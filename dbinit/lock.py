@@ -29,6 +29,7 @@ from dbinit.errors import DatabaseUnreachable, LockTimeout
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.interrupts import RunControl
     from dbinit.settings import Settings
 
 POLL_SECONDS = 0.25
@@ -62,23 +63,45 @@ class HeldLock:
     waited_seconds: float
     connection: Any = None  # the asyncpg connection holding the lock (PostgreSQL)
 
+    async def cancel_sessions(self, application_name: str) -> int:
+        """Server-side cancel of the statements run by sessions with that name."""
+        if self.connection is None or self.connection.is_closed():
+            return 0
+        rows = await self.connection.fetch(
+            "SELECT pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity "
+            "WHERE application_name = $1 AND pid <> pg_backend_pid() AND state = 'active'",
+            application_name,
+        )
+        return len(rows)
+
 
 @contextlib.asynccontextmanager
-async def migration_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIterator[HeldLock]:
-    """Hold the migration lock for the body; raises :class:`LockTimeout` (exit 6)."""
+async def migration_lock(
+    settings: Settings,
+    log: FilteringBoundLogger,
+    *,
+    target: str = "head",
+    control: RunControl | None = None,
+) -> AsyncIterator[HeldLock]:
+    """Hold the migration lock for the body; raises :class:`LockTimeout` (exit 6).
+
+    ``target`` (the revision being migrated to) is part of the holder's name;
+    a stop request (``control``) ends the wait with :class:`Interrupted`.
+    """
     if settings.url.is_sqlite:
-        async with _sqlite_lock(settings, log) as held:
+        async with _sqlite_lock(settings, log, holder_name(settings, target), control) as held:
             yield held
     else:
-        async with _postgres_lock(settings, log) as held:
+        async with _postgres_lock(settings, log, holder_name(settings, target), control) as held:
             yield held
 
 
 @contextlib.asynccontextmanager
-async def _postgres_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIterator[HeldLock]:
+async def _postgres_lock(
+    settings: Settings, log: FilteringBoundLogger, me: str, control: RunControl | None
+) -> AsyncIterator[HeldLock]:
     import asyncpg
 
-    me = holder_name(settings)
     try:
         connection = await asyncpg.connect(
             settings.url.asyncpg_dsn(),
@@ -106,6 +129,8 @@ async def _postgres_lock(settings: Settings, log: FilteringBoundLogger) -> Async
         next_report = started
         holder = "unknown"
         while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            if control is not None:
+                control.raise_if_stopping("stopped while waiting for the migration lock")
             now = time.monotonic()
             row = await connection.fetchrow(_HOLDER_QUERY, classid, objid)
             if row is not None:
@@ -139,11 +164,12 @@ async def _postgres_lock(settings: Settings, log: FilteringBoundLogger) -> Async
 
 
 @contextlib.asynccontextmanager
-async def _sqlite_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIterator[HeldLock]:
+async def _sqlite_lock(
+    settings: Settings, log: FilteringBoundLogger, me: str, control: RunControl | None
+) -> AsyncIterator[HeldLock]:
     import fcntl
 
     path = settings.url.sqlite_path
-    me = holder_name(settings)
     if path is None:
         yield HeldLock(me, 0.0)
         return
@@ -159,6 +185,8 @@ async def _sqlite_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIt
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if control is not None:
+                    control.raise_if_stopping("stopped while waiting for the migration lock")
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
                 now = time.monotonic()
                 if now >= deadline:
@@ -182,5 +210,49 @@ async def _sqlite_lock(settings: Settings, log: FilteringBoundLogger) -> AsyncIt
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             log.info("Migration lock released")
+    finally:
+        os.close(fd)
+
+
+async def current_holder(settings: Settings) -> str | None:
+    """Who holds the migration lock now (None if nobody); for ``wait``'s messages."""
+    if settings.url.is_sqlite:
+        return _sqlite_holder(settings)
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(
+            settings.url.asyncpg_dsn(),
+            timeout=settings.connect_timeout,
+            server_settings={"application_name": f"dbinit-wait:{settings.service}"[:63]},
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return None
+    try:
+        schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
+        key = lock_key(schema, settings.version_table)
+        row = await connection.fetchrow(_HOLDER_QUERY, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+        return f"{row['application_name'] or '?'} (pid {row['pid']})" if row is not None else None
+    finally:
+        await connection.close(timeout=2)
+
+
+def _sqlite_holder(settings: Settings) -> str | None:
+    import fcntl
+
+    path = settings.url.sqlite_path
+    if path is None:
+        return None
+    lock_path = Path(str(path) + ".dbinit-lock")
+    if not lock_path.exists():
+        return None
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
     finally:
         os.close(fd)

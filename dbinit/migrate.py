@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import TYPE_CHECKING
 
 from dbinit.errors import ConfigurationError, MigrationFailed, Refused
-from dbinit.lock import migration_lock
+from dbinit.interrupts import RunControl
+from dbinit.lock import HeldLock, migration_lock
 from dbinit.report import MigratePlan, MigrateResult
 from dbinit.strategies import Strategy, StrategyContext
 from dbinit.verify import read_scripts, read_state, verify
@@ -16,7 +18,6 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.pluginmanager import Registry
-    from dbinit.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 
@@ -68,8 +69,27 @@ async def migrate(
     log: FilteringBoundLogger,
     *,
     strategy_name: str | None = None,
+    handle_signals: bool = False,
 ) -> MigrateResult:
-    """Bring the database to the image's head(s) under the migration lock."""
+    """Bring the database to the image's head(s) under the migration lock.
+
+    With ``handle_signals`` (the command line), SIGTERM/SIGINT stop the run
+    cleanly: see :mod:`dbinit.interrupts`.
+    """
+    control = RunControl()
+    if not handle_signals:
+        return await _migrate(settings, registry, log, strategy_name, control)
+    with control.signal_handlers(asyncio.get_running_loop()):
+        return await _migrate(settings, registry, log, strategy_name, control)
+
+
+async def _migrate(
+    settings: Settings,
+    registry: Registry,
+    log: FilteringBoundLogger,
+    strategy_name: str | None,
+    control: RunControl,
+) -> MigrateResult:
     started = time.perf_counter()
     strategy = select_strategy(settings, registry, strategy_name)
     scripts = read_scripts(settings)
@@ -84,11 +104,18 @@ async def migrate(
         migration_count=scripts.count,
         heads=list(scripts.heads),
     )
-    async with migration_lock(settings, log):
+    target = ",".join(scripts.heads) or "head"
+    async with migration_lock(settings, log, target=target, control=control) as held:
         # Read the state only now: another job may have migrated while we waited.
         state = await read_state(settings, "migrate")
-        context = StrategyContext(settings=settings, scripts=scripts, state=state, log=log)
-        applied = tuple(await asyncio.to_thread(strategy.run, context))
+        control.raise_if_stopping("stopped before migrating")
+        context = StrategyContext(settings=settings, scripts=scripts, state=state, log=log, control=control)
+        worker = asyncio.ensure_future(asyncio.to_thread(strategy.run, context))
+        canceller = asyncio.ensure_future(_cancel_when_stopped(control, held, worker, log))
+        try:
+            applied = tuple(await asyncio.shield(worker))
+        finally:
+            canceller.cancel()
         report = await verify(settings, registry, log, scripts=scripts)
         if not report.ok:
             raise MigrationFailed(
@@ -120,5 +147,13 @@ async def migrate(
     return result
 
 
-def scripts_for_sql(settings: Settings) -> MigrationScripts:
-    return read_scripts(settings)
+async def _cancel_when_stopped(
+    control: RunControl, held: HeldLock, worker: asyncio.Future[object], log: FilteringBoundLogger
+) -> None:
+    """On a stop request, cancel the migration's running statement on the server."""
+    await control.wait()
+    log.warning("Stop requested: cancelling the running migration statement",
+                signal=signal.Signals(control.signum or signal.SIGTERM).name)
+    while not worker.done():
+        await held.cancel_sessions(control.session_tag)
+        await asyncio.wait({worker}, timeout=0.2)

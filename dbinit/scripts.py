@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import heapq
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -22,10 +23,25 @@ from typing import Literal
 
 from dbinit.errors import ConfigurationError
 
-_ASSIGNMENT = re.compile(
-    r"^(revision|down_revision|branch_labels|depends_on)[ \t]*(?::[^=\n]+)?=(?!=)[ \t]*(.*)$",
-    re.MULTILINE,
+# A line that starts with one of the four names (the text is read with a "\n"
+# in front, so the first line counts too). The common case is matched whole:
+# `name = value` or `name: annotation = value` with value None (group 2) or a
+# string without escapes (3, 4), then an optional comment. Otherwise group 5
+# is the rest of the line, for the slower path.
+_LINE = re.compile(
+    r"\n(revision|down_revision|branch_labels|depends_on)\b"
+    r"(?:[ \t]*(?::[^=\n]*)?=(?!=)[ \t]*(?:(None)|'([^'\\\n]*)'|\"([^\"\\\n]*)\")"
+    r"[ \t]*(?:#[^\n]*)?(?=\r?\n|\r?\Z)"
+    r"|([^\n]*))"
 )
+# `= value` or `: annotation = value` (not `==`).
+_ASSIGNED = re.compile(r"[ \t]*(?::[^=\n]*)?=(?!=)[ \t]*")
+_ANNOTATION_ONLY = re.compile(r"[ \t]*:[^=]*")
+_IMPORTED_NAME = re.compile(
+    r"(?:from[ \t][^\n]*[ \t])?import[ \t][^\n]*\b(?:revision|down_revision|branch_labels|depends_on)\b"
+)
+_TRIPLE_QUOTE = re.compile(r"\"\"\"|\'\'\'")
+_ILLEGAL_REVISION_CHARS = frozenset("@-+:")  # alembic.script.revision._revision_illegal_chars
 _REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
 _MAX_VALUE_LINES = 64
 
@@ -51,6 +67,7 @@ class RevisionGraph:
 
     ``heads`` are revisions no other revision names as ``down_revision``
     (``depends_on`` does not make a head); ``bases`` have no ``down_revision``.
+    Both are in file order, as Alembic lists them.
     """
 
     revisions: Mapping[str, Revision]
@@ -60,18 +77,48 @@ class RevisionGraph:
 
     @classmethod
     def build(cls, revisions: Iterable[Revision]) -> RevisionGraph:
+        """Check the revisions as Alembic's ``RevisionMap`` does, and link them.
+
+        Where Alembic refuses the history (or silently builds a wrong one),
+        this raises :class:`ConfigurationError` naming the revision.
+        """
         by_id: dict[str, Revision] = {}
         for rev in revisions:
-            if rev.revision in by_id:
+            previous = by_id.get(rev.revision)
+            if previous is not None:
+                if _same_file(previous.path, rev.path):
+                    continue  # one file reached twice (overlapping locations): Alembic skips it
                 raise ConfigurationError(
                     f"revision {rev.revision!r} is declared twice "
-                    f"({_name(by_id[rev.revision].path)} and {_name(rev.path)})",
+                    f"({_name(previous.path)} and {_name(rev.path)})",
                     hint="Give one of the files a new revision id",
                 )
+            illegal = sorted(set(rev.revision) & _ILLEGAL_REVISION_CHARS)
+            if illegal:
+                raise ConfigurationError(
+                    f"revision {rev.revision!r} ({_name(rev.path)}) contains "
+                    f"{', '.join(illegal)}, which Alembic does not allow in a revision id",
+                    hint="Rename the revision id (and every down_revision naming it)",
+                )
             by_id[rev.revision] = rev
-        labels = {label: rev.revision for rev in by_id.values() for label in rev.branch_labels}
+        labels: dict[str, str] = {}
+        for rev in by_id.values():
+            for label in rev.branch_labels:
+                owner = label if label in by_id else labels.get(label)
+                if owner is not None:
+                    raise ConfigurationError(
+                        f"branch label {label!r} of revision {rev.revision!r} "
+                        f"({_name(rev.path)}) is already used by revision {owner!r}",
+                        hint="Branch labels must be unique and differ from every revision id",
+                    )
+                labels[label] = rev.revision
         referenced: set[str] = set()
         for rev in by_id.values():
+            if rev.revision in rev.down_revisions:
+                raise ConfigurationError(
+                    f"revision {rev.revision!r} ({_name(rev.path)}) names itself as down_revision",
+                    hint="Fix down_revision in " + _name(rev.path),
+                )
             for parent in rev.down_revisions:
                 if parent not in by_id:
                     raise ConfigurationError(
@@ -83,17 +130,23 @@ class RevisionGraph:
             for dep in rev.depends_on:
                 if dep not in by_id and dep not in labels:
                     raise ConfigurationError(
-                        f"depends_on {dep!r} of revision {rev.revision!r} is not a known "
-                        "revision or branch label",
+                        f"depends_on {dep!r} of revision {rev.revision!r} "
+                        f"({_name(rev.path)}) is not a known revision or branch label",
                         hint="Fix depends_on in " + _name(rev.path),
                     )
         heads = tuple(r for r in by_id if r not in referenced)
         bases = tuple(r for r, rev in by_id.items() if not rev.down_revisions)
-        if by_id and (not heads or not bases):
+        graph = cls(revisions=by_id, heads=heads, bases=bases, labels=labels)
+        stuck = set(by_id) - set(graph._topological(by_id))
+        if stuck:
+            cycle = sorted(r for r in stuck if r in graph.ancestors(graph.parents(r)))
+            shown = ", ".join(repr(r) for r in (cycle or sorted(stuck))[:8])
             raise ConfigurationError(
-                "the revision graph has a cycle", hint="Fix down_revision in the migration files"
+                f"the revision graph has a cycle (down_revision / depends_on) through "
+                f"revision(s) {shown}",
+                hint="Fix down_revision or depends_on in the migration files of those revisions",
             )
-        return cls(revisions=by_id, heads=heads, bases=bases, labels=labels)
+        return graph
 
     def __len__(self) -> int:
         return len(self.revisions)
@@ -112,8 +165,10 @@ class RevisionGraph:
     def parents(self, revision: str) -> tuple[str, ...]:
         """Everything ``revision`` must come after: down revisions and dependencies."""
         rev = self.revisions[revision]
+        if not rev.depends_on:
+            return rev.down_revisions
         deps = tuple(self.resolve(dep) for dep in rev.depends_on)
-        return rev.down_revisions + tuple(d for d in deps if d not in rev.down_revisions)
+        return rev.down_revisions + tuple(d for d in dict.fromkeys(deps) if d not in rev.down_revisions)
 
     def ancestors(self, revisions: Iterable[str]) -> set[str]:
         """``revisions`` and everything they come after (inclusive)."""
@@ -128,22 +183,38 @@ class RevisionGraph:
         return seen
 
     def pending(self, current: Iterable[str]) -> list[str]:
-        """Revisions an ``upgrade heads`` from ``current`` applies, in a valid order."""
+        """Revisions an ``upgrade heads`` from ``current`` applies, in a valid order.
+
+        Every revision comes after its down revisions and dependencies; among
+        the revisions ready at a step, file order decides.
+        """
         todo = self.ancestors(self.heads) - self.ancestors(current)
+        return self._topological(todo)
+
+    def _topological(self, todo: Iterable[str]) -> list[str]:
+        """``todo`` in a valid order (Kahn, file order breaking ties); cycles are left out."""
+        todo = set(todo)
+        ids = [r for r in self.revisions if r in todo]
+        position = {r: i for i, r in enumerate(ids)}
+        waiting: dict[str, int] = {}
+        children: dict[str, list[str]] = {}
+        ready: list[int] = []
+        for rev in ids:
+            parents = [p for p in self.parents(rev) if p in todo]
+            waiting[rev] = len(parents)
+            for parent in parents:
+                children.setdefault(parent, []).append(rev)
+            if not parents:
+                ready.append(position[rev])
+        heapq.heapify(ready)
         order: list[str] = []
-        done: set[str] = set()
-        remaining = [r for r in self.revisions if r in todo]  # file order breaks ties
-        while remaining:
-            progressed = []
-            for rev in remaining:
-                if all(p in done or p not in todo for p in self.parents(rev)):
-                    order.append(rev)
-                    done.add(rev)
-                else:
-                    progressed.append(rev)
-            if len(progressed) == len(remaining):  # pragma: no cover - cycles rejected in build
-                raise ConfigurationError("the revision graph has a cycle")
-            remaining = progressed
+        while ready:
+            rev = ids[heapq.heappop(ready)]
+            order.append(rev)
+            for child in children.get(rev, ()):
+                waiting[child] -= 1
+                if not waiting[child]:
+                    heapq.heappush(ready, position[child])
         return order
 
 
@@ -233,7 +304,9 @@ def find_layout(alembic_ini: Path, migrations_dir: Path | None) -> AlembicLayout
         )
     locations_text = section.get("version_locations")
     if locations_text:
-        separator = section.get("path_separator") or section.get("version_path_separator")
+        separator = section.get("path_separator")
+        if separator is None:
+            separator = section.get("version_path_separator")
         parts = _split_locations(locations_text, separator)
         versions = tuple(_resolve_location(part, alembic_ini) for part in parts)
     else:
@@ -272,9 +345,7 @@ def _resolve_location(text: str, alembic_ini: Path) -> Path:
 def _split_locations(text: str, separator: str | None) -> list[str]:
     if separator is None:
         return [p for p in re.split(r", *|(?: +)", text.strip()) if p]
-    char = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}.get(
-        separator.strip(), None
-    )
+    char = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}.get(separator.strip())
     if char is None:
         raise ConfigurationError(
             f"path_separator {separator!r} in alembic.ini is not one of space, newline, os, :, ;"
@@ -283,7 +354,8 @@ def _split_locations(text: str, separator: str | None) -> list[str]:
 
 
 def _boolean(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("true", "1", "yes", "on")
+    # Alembic's Config.get_alembic_boolean_option: exactly "true", nothing else.
+    return value == "true"
 
 
 # -- revision files -----------------------------------------------------------
@@ -306,14 +378,47 @@ def list_revision_files(layout: AlembicLayout) -> list[Path]:
 
 
 def read_revision_file(path: Path) -> Revision:
-    """Read one revision file without importing it."""
+    """Read one revision file without importing it.
+
+    The module-level assignments of the four names are found by a regex (a
+    name at the start of a line, outside triple-quoted strings; the last
+    assignment wins, as when Python runs the module). Simple values are read
+    directly, anything else with :func:`ast.literal_eval`. Whatever else
+    could bind one of the names (``revision += …``, tuple unpacking, an
+    import) makes the file unreadable, so that Alembic decides.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read()
+        text = "\n" + data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UnreadableRevision(path, f"cannot be read ({exc})") from None
     values: dict[str, object] = {}
-    for match in _ASSIGNMENT.finditer(text):
-        values[match.group(1)] = _literal(path, text, match)
+    double = single = scanned = 0  # triple quotes before the line (they never span a newline)
+    for match in _LINE.finditer(text):
+        position = match.start()
+        double += text.count('"""', scanned, position)
+        single += text.count("'''", scanned, position)
+        scanned = position
+        if (double or single) and _in_triple_quoted_string(text, position, double, single):
+            continue
+        kind = match.lastindex
+        if kind == 2:
+            values[match.group(1)] = None
+        elif kind != 5:
+            values[match.group(1)] = match.group(kind)
+        else:
+            name, rest = match.group(1), match.group(5)
+            assigned = _ASSIGNED.match(rest)
+            if assigned is None:
+                if _ANNOTATION_ONLY.fullmatch(rest):
+                    continue  # `revision: str` binds nothing
+                raise UnreadableRevision(
+                    path, f"`{name}` is set by a statement other than a plain assignment"
+                )
+            values[name] = _value(path, name, text, match.start(5) + assigned.end())
+    if _imports_a_name(text):
+        raise UnreadableRevision(path, "imports one of revision/down_revision/branch_labels/depends_on")
     if "revision" not in values:
         raise UnreadableRevision(path, "no module-level `revision = ...` assignment")
     if "down_revision" not in values:
@@ -323,36 +428,74 @@ def read_revision_file(path: Path) -> Revision:
         raise UnreadableRevision(path, "`revision` is not a non-empty string")
     return Revision(
         revision=revision,
-        down_revisions=_names(path, "down_revision", values["down_revision"]),
+        down_revisions=_names(path, "down_revision", values["down_revision"], unique=True),
         branch_labels=_names(path, "branch_labels", values.get("branch_labels")),
-        depends_on=_names(path, "depends_on", values.get("depends_on")),
+        depends_on=_names(path, "depends_on", values.get("depends_on"), unique=True),
         path=path,
     )
 
 
-def _literal(path: Path, text: str, match: re.Match[str]) -> object:
-    first = match.group(2)
+def _in_triple_quoted_string(text: str, position: int, double: int, single: int) -> bool:
+    """Whether ``position`` is inside a ``\"\"\"…\"\"\"`` or ``'''…'''`` string (a docstring, SQL).
+
+    ``double`` and ``single`` count each kind before ``position``.
+    """
+    if not single:
+        return double % 2 == 1
+    if not double:
+        return single % 2 == 1
+    inside = None  # both kinds: follow them in order, the open one hides the other
+    for quote in _TRIPLE_QUOTE.finditer(text, 0, position):
+        if inside is None:
+            inside = quote.group()
+        elif quote.group() == inside:
+            inside = None
+    return inside is not None
+
+
+def _imports_a_name(text: str) -> bool:
+    """Whether a module-level import binds one of the four names (Alembic would see it)."""
+    start = text.find("import")
+    while start >= 0:
+        line_start = text.rfind("\n", 0, start) + 1
+        line_end = text.find("\n", start)
+        line = text[line_start:] if line_end < 0 else text[line_start:line_end]
+        if ("revision" in line or "branch_labels" in line or "depends_on" in line) and (
+            _IMPORTED_NAME.match(line)
+        ):
+            return True
+        if line_end < 0:
+            return False
+        start = text.find("import", line_end)
+    return False
+
+
+def _value(path: Path, name: str, text: str, start: int) -> object:
+    end = text.find("\n", start)
+    line = text[start:] if end < 0 else text[start:end]
     try:
-        return ast.literal_eval(first.strip() or "None_")
-    except (ValueError, SyntaxError):
+        return ast.literal_eval(line.strip() or "None_")
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
-    # A value spread over several lines: extend until it parses.
-    lines = text[match.start(2) :].splitlines()
-    for count in range(2, min(len(lines), _MAX_VALUE_LINES) + 1):
+    # A value spread over several lines (a tuple, a backslash): extend until it parses.
+    lines = text[start:].split("\n", _MAX_VALUE_LINES)[:_MAX_VALUE_LINES]
+    for count in range(2, len(lines) + 1):
         try:
             return ast.literal_eval("\n".join(lines[:count]).strip())
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
-    raise UnreadableRevision(path, f"`{match.group(1)}` is not a literal value")
+    raise UnreadableRevision(path, f"`{name}` is not a literal value")
 
 
-def _names(path: Path, variable: str, value: object) -> tuple[str, ...]:
-    if value is None or value == ():
+def _names(path: Path, variable: str, value: object, *, unique: bool = False) -> tuple[str, ...]:
+    # Alembic's util.to_tuple: None is empty, a string is one name, a tuple or list is itself.
+    # Repeated down revisions or dependencies mean nothing more to Alembic: drop them.
+    if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
     if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
-        return tuple(dict.fromkeys(value))
+        return tuple(dict.fromkeys(value)) if unique else tuple(value)
     raise UnreadableRevision(path, f"`{variable}` is not a string, tuple of strings or None")
 
 
@@ -389,3 +532,12 @@ def read_migration_scripts(alembic_ini: Path, migrations_dir: Path | None = None
 
 def _name(path: Path | None) -> str:
     return path.name if path is not None else "?"
+
+
+def _same_file(a: Path | None, b: Path | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.database import DatabaseState
+    from dbinit.interrupts import RunControl
     from dbinit.scripts import MigrationScripts
     from dbinit.settings import Settings
 
@@ -28,12 +29,18 @@ class StrategyContext:
     scripts: MigrationScripts
     state: DatabaseState
     log: FilteringBoundLogger
+    control: RunControl | None = None
 
     def upgrade(self) -> list[str]:
         """Run Alembic ``upgrade heads``, one transaction per migration."""
         from dbinit.alembic_runner import upgrade
 
-        return upgrade(self.settings, self.scripts, self.log)
+        return upgrade(self.settings, self.scripts, self.log, self.control)
+
+    def check_stop(self, what: str = "stopped before the next step") -> None:
+        """For long strategies: raise if a SIGTERM/SIGINT asked to stop."""
+        if self.control is not None:
+            self.control.raise_if_stopping(what)
 
     def drop_everything(self) -> int:
         """Drop every object in the target schema; returns how many were dropped."""

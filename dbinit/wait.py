@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from dbinit.database import open_probe
 from dbinit.errors import DatabaseUnreachable, NotReady
+from dbinit.lock import current_holder
 from dbinit.verify import probe_options, read_scripts, verify
 
 if TYPE_CHECKING:
@@ -82,8 +83,10 @@ async def wait_until_verified(
             if report.ok:
                 log.info("Database verified: ready", attempt=attempt)
                 return report
-            last = report.message
-            hint = report.hint
+            last, hint = report.message, report.hint
+            holder = await current_holder(settings)
+            if holder is not None:
+                last = f"migration in progress (held by {holder}); {last}"
         except DatabaseUnreachable as exc:
             last, hint = exc.message, exc.hint
         remaining = deadline - time.monotonic()
