@@ -10,10 +10,11 @@ names (``service_name = "orders"``, ``lock_timeout = 120``).
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PositiveFloat, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -120,10 +121,13 @@ class Settings(BaseSettings):
 
     # -- derived views -----------------------------------------------------------
 
+    #: Which setting the URL came from, for error messages.
+    _url_setting: str = PrivateAttr("DATABASE_URL")
+
     @functools.cached_property
     def url(self) -> DatabaseURL:
         """The parsed ``DATABASE_URL`` (validated by :func:`load_settings`)."""
-        return DatabaseURL.parse(self.database_url)
+        return DatabaseURL.parse(self.database_url, setting=self._url_setting)
 
     @property
     def service(self) -> str:
@@ -156,17 +160,18 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc), hint=_hint(exc)) from None
     url_file = settings.database_url_file
-    if url_file is not None:
-        settings = _with_url_from_file(settings, url_file, given)
+    if url_file is not None and "database_url" not in given:  # a flag beats the file
+        settings = _with_url_from_file(settings, url_file)
     # Parse now so a malformed URL is a configuration error before anything runs.
     _ = settings.url
     return settings
 
 
-def _with_url_from_file(settings: Settings, url_file: Path, given: dict[str, Any]) -> Settings:
-    if "database_url" in settings.model_fields_set:
+def _with_url_from_file(settings: Settings, url_file: Path) -> Settings:
+    """The URL from the file beats one from ``.env``/pyproject, not one from the environment."""
+    if any(name.upper() == "DATABASE_URL" for name in os.environ):
         raise ConfigurationError(
-            "DATABASE_URL and DATABASE_URL_FILE are both set",
+            "DATABASE_URL and DATABASE_URL_FILE are both set in the environment",
             hint="Set only one of them (DATABASE_URL_FILE for a mounted Secret)",
         )
     try:
@@ -181,7 +186,9 @@ def _with_url_from_file(settings: Settings, url_file: Path, given: dict[str, Any
             f"DATABASE_URL_FILE {str(url_file)!r} is empty",
             hint="The file must hold the database URL",
         )
-    return settings.model_copy(update={"database_url": text})
+    updated = settings.model_copy(update={"database_url": text})
+    updated._url_setting = "DATABASE_URL_FILE"
+    return updated
 
 
 def _field_of(loc: tuple[int | str, ...]) -> str:

@@ -98,12 +98,18 @@ class DatabaseURL:
             )
         query = tuple(parse_qsl(parts.query, keep_blank_values=True))
         if not host and not any(k == "host" for k, _ in query):
+            raise ConfigurationError(f"{setting} has no host", hint=_URL_HINT)
+        # libpq-style parameters in the query: take the database name and the
+        # password out of it, so they are used (and redacted) like the others
+        for key, value in query:
+            if key in ("dbname", "database") and not database:
+                database = value
+            if key == "password" and password is None:
+                password = value
+        query = tuple((k, v) for k, v in query if k not in ("dbname", "database", "password"))
+        if not database:
             raise ConfigurationError(
-                f"{setting} has no host: {_redact_text(text, password)}", hint=_URL_HINT
-            )
-        if not database and not any(k in ("dbname", "database") for k, _ in query):
-            raise ConfigurationError(
-                f"{setting} names no database: {_redact_text(text, password)}",
+                f"{setting} names no database",
                 hint="Add the database name after the host, e.g. postgresql://host:5432/orders",
             )
         return cls(
@@ -138,7 +144,7 @@ class DatabaseURL:
                 auth += ":" + password
             auth += "@"
         host = self.host or ""
-        if ":" in host:
+        if ":" in host and "," not in host:
             host = f"[{host}]"
         port = f":{self.port}" if self.port is not None else ""
         return f"{auth}{host}{port}"
@@ -187,7 +193,8 @@ class DatabaseURL:
         """Short name for logs: host/database or the SQLite path."""
         if self.is_sqlite:
             return self.database
-        return f"{self.host or 'localhost'}:{self.port or 5432}/{self.database}"
+        host = self.host or dict(self.query).get("host") or "localhost"
+        return f"{host}:{self.port or 5432}/{self.database}"
 
     def __str__(self) -> str:
         return self.redacted()
@@ -206,7 +213,9 @@ def _split_host_port(hostport: str, setting: str) -> tuple[str, int | None]:
         return unquote(host), None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigurationError(
-            f"{setting} has an invalid port {port_text!r}", hint="Use a number from 1 to 65535"
+            f"{setting} has an invalid port (not a number from 1 to 65535)",
+            hint="Check the host:port part; a password containing '/', '@', ':' or '%' "
+            "must be percent-encoded",
         )
     return unquote(host), int(port_text)
 
@@ -214,9 +223,3 @@ def _split_host_port(hostport: str, setting: str) -> tuple[str, int | None]:
 def _shape(text: str) -> str:
     """Describe a non-URL value without echoing it (it may be a password)."""
     return f"<{len(text)} characters>"
-
-
-def _redact_text(text: str, password: str | None) -> str:
-    if password:
-        text = text.replace(quote(password, safe=""), "***").replace(password, "***")
-    return text

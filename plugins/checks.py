@@ -16,7 +16,8 @@ A database *ahead* of the image (a revision this image does not know, as
 during a rolling deploy after the new release's job ran) fails E004 by
 default: the old code may not work on the new schema. Teams whose migrations
 are backward compatible (expand/contract) set ``DBINIT_ALLOW_AHEAD=true``;
-E004 then reports it as a warning (``dbinit.W004``) and E005 is skipped.
+E004 then reports it as a warning (``dbinit.W004``) and E005 passes with a
+note that the head comparison does not apply.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def alembic_table_present(facts: Facts) -> Iterator[CheckMessage]:
 @check(
     "dbinit.E004",
     "current_revision_known",
-    tags=("database", "migrations"),
+    tags=("database",),
     requires=("dbinit.E001", "dbinit.E003"),
 )
 def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
@@ -127,7 +128,7 @@ def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
 @check(
     "dbinit.E005",
     "current_revision_is_head",
-    tags=("database", "migrations"),
+    tags=("database",),
     requires=("dbinit.E004",),
 )
 def current_revision_is_head(facts: Facts) -> Iterator[CheckMessage]:
