@@ -72,9 +72,7 @@ class Tools:
     ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.path(name)), *map(str, args)]
         env = {**os.environ, "NO_COLOR": "1", "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run(
-            cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=600
-        )
+        proc = subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
             pytest.fail(
                 f"{' '.join(cmd)} exited {proc.returncode}\n"
@@ -127,7 +125,8 @@ def _install_tools() -> Tools:
     tools = Tools(venv / "bin")
     with _locked(root / ".lock"):
         if not marker.exists():
-            shutil.rmtree(venv, ignore_errors=True)
+            for stale in root.glob("venv-*"):  # earlier pins, or a half-made venv
+                shutil.rmtree(stale, ignore_errors=True)
             steps = [
                 [sys.executable, "-m", "venv", str(venv)],
                 [str(tools.path("python")), "-m", "pip", "install", "--quiet",
@@ -218,10 +217,7 @@ def rendered_all(
     tools: Tools, k8s_copy: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Rendered]:
     out = tmp_path_factory.mktemp("rendered")
-    return {
-        name: _render(tools, k8s_copy / "overlays" / name, out / f"{name}.yaml")
-        for name in OVERLAYS
-    }
+    return {name: _render(tools, k8s_copy / "overlays" / name, out / f"{name}.yaml") for name in OVERLAYS}
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -282,15 +278,22 @@ def test_every_overlay_renders_the_whole_service(rendered: Rendered) -> None:
     )  # fmt: skip
     namespaces = {d["metadata"].get("namespace") for d in rendered.docs}
     assert len(namespaces) == 1 and None not in namespaces, namespaces
+    # Selectors name the service, so several services can share a namespace.
+    selectors = [
+        rendered.one("Deployment")["spec"]["selector"]["matchLabels"],
+        rendered.one("Service")["spec"]["selector"],
+        *(np["spec"]["podSelector"]["matchLabels"] for np in rendered.of_kind("NetworkPolicy")),
+    ]
+    for selector in selectors:
+        assert selector.get("app.kubernetes.io/name") == "bakery-orders", selector
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_kubernetes_validate_strict(
-    tools: Tools, rendered_all: dict[str, Rendered], version: str
-) -> None:
+def test_kubernetes_validate_strict(tools: Tools, rendered_all: dict[str, Rendered], version: str) -> None:
     files = [r.path for r in rendered_all.values()]
-    proc = tools.run("kubernetes-validate", "--strict", "--kubernetes-version", version, *files)
-    assert "did not validate" not in proc.stdout + proc.stderr
+    proc = tools.run("kubernetes-validate", "--strict", "--kubernetes-version", version, *files, check=False)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("INFO")]
+    assert proc.returncode == 0 and not problems, "\n".join(problems)
     validated = proc.stdout.count("passed for resource")
     assert validated == sum(len(r.docs) for r in rendered_all.values()), proc.stdout
 
@@ -310,22 +313,19 @@ def _checkov(tools: Tools, *args: str | Path) -> list[dict[str, Any]]:
         for report in reports
         for c in report.get("results", {}).get("failed_checks", [])
     ]
-    assert not failed, "checkov findings (fix them, or skip with a reason in k8s/.checkov.yaml):\n" + (
-        "\n".join(failed)
-    )
+    hint = "fix them, or skip them with a reason in k8s/.checkov.yaml"
+    assert not failed, f"checkov findings ({hint}):\n" + "\n".join(failed)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for report in reports:
         assert report["summary"]["parsing_errors"] == 0, report["summary"]
     return reports
 
 
-def test_checkov_passes_on_the_rendered_overlays(
-    tools: Tools, rendered_all: dict[str, Rendered]
-) -> None:
+def test_checkov_passes_on_the_rendered_overlays(tools: Tools, rendered_all: dict[str, Rendered]) -> None:
     folder = next(iter(rendered_all.values())).path.parent
     reports = _checkov(tools, "--framework", "kubernetes", "--directory", folder)
     scanned = sum(report["summary"]["resource_count"] for report in reports)
-    assert scanned == sum(len(r.docs) for r in rendered_all.values())
+    assert scanned >= sum(len(r.docs) for r in rendered_all.values())
 
 
 def test_checkov_skip_list_is_short_and_justified() -> None:
@@ -337,9 +337,8 @@ def test_checkov_skip_list_is_short_and_justified() -> None:
 
 
 def test_yamllint_on_the_source_yaml(tools: Tools) -> None:
-    files = sorted(
-        p for p in K8S.rglob("*.yaml") if ".cache" not in p.parts
-    ) + [YAMLLINT_CONFIG, CHECKOV_CONFIG]
+    sources = {p for p in K8S.rglob("*.yaml") if ".cache" not in p.parts}
+    files = sorted(sources | {YAMLLINT_CONFIG, CHECKOV_CONFIG})
     assert len(files) >= 8
     tools.run("yamllint", "--strict", "--config-file", YAMLLINT_CONFIG, *files)
 
@@ -363,6 +362,8 @@ def test_dockerfile_runs_as_numeric_non_root_matching_the_manifests(
             assert pod["securityContext"]["runAsGroup"] == int(gid), where
     assert re.search(r'^CMD \["uvicorn", "app:app"', text, re.MULTILINE)
     assert re.search(r"^COPY \. ", text, re.MULTILINE) is None, "COPY . would ship database.env"
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore and not [line for line in ignore if line.startswith("!k8s")]
 
 
 # -- policies no tool checks ------------------------------------------------------
@@ -395,14 +396,11 @@ def test_every_job_fails_fast_and_is_bounded(rendered: Rendered) -> None:
         for rule in rules:
             if "onExitCodes" in rule:
                 assert rule["onExitCodes"]["operator"] == "In"
-                assert "containerName" not in rule["onExitCodes"] or rule["onExitCodes"][
-                    "containerName"
-                ] in {c["name"] for c in _containers(pod)}
+                assert "containerName" not in rule["onExitCodes"] or rule["onExitCodes"]["containerName"] in {
+                    c["name"] for c in _containers(pod)
+                }
         ignored = [
-            cond
-            for rule in rules
-            if rule["action"] == "Ignore"
-            for cond in rule.get("onPodConditions", [])
+            cond for rule in rules if rule["action"] == "Ignore" for cond in rule.get("onPodConditions", [])
         ]
         assert {"type": "DisruptionTarget", "status": "True"} in ignored
         assert [c for c in pod["containers"] if _argv(c)[:2] == ["dbinit", "migrate"]]
@@ -571,10 +569,9 @@ def test_a_new_release_applies_a_new_job_and_changes_nothing_else(
     # the Deployment rolls to the new image.
     assert keyed(before).keys() == keyed(after).keys()
     old_dep, new_dep = before.one("Deployment"), after.one("Deployment")
-    assert _pod_spec(new_dep)["containers"][0]["image"].endswith(":9-9-9")
-    assert _pod_spec(old_dep)["containers"][0]["image"] != _pod_spec(new_dep)["containers"][0][
-        "image"
-    ]
+    old_image = _pod_spec(old_dep)["containers"][0]["image"]
+    new_image = _pod_spec(new_dep)["containers"][0]["image"]
+    assert new_image.endswith(":9-9-9") and new_image != old_image
 
 
 # -- no credential committed ---------------------------------------------------------
@@ -597,9 +594,7 @@ def test_database_env_is_untracked_and_only_an_example_is_committed(overlay: str
         )
         assert ignored.returncode == 0, f"{directory / name} is not git-ignored"
         example = directory / f"{name}.example"
-        kept = subprocess.run(
-            ["git", "check-ignore", "--quiet", str(example)], cwd=REPO, check=False
-        )
+        kept = subprocess.run(["git", "check-ignore", "--quiet", str(example)], cwd=REPO, check=False)
         assert example.is_file() and kept.returncode == 1, f"{example} must be committed"
         values = dict(
             line.split("=", 1)
