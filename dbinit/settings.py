@@ -162,6 +162,12 @@ def load_settings(**overrides: Any) -> Settings:
     url_file = settings.database_url_file
     if url_file is not None and "database_url" not in given:  # a flag beats the file
         settings = _with_url_from_file(settings, url_file)
+    if settings.is_production and settings.database_url == DEFAULT_DATABASE_URL:
+        raise ConfigurationError(
+            "DATABASE_URL is not set, and ENVIRONMENT=production does not fall back to the "
+            "embedded SQLite default",
+            hint="Set DATABASE_URL (or DATABASE_URL_FILE) from the database Secret",
+        )
     # Parse now so a malformed URL is a configuration error before anything runs.
     _ = settings.url
     return settings

@@ -289,3 +289,10 @@ def test_malformed_url_in_file_names_database_url_file(
     monkeypatch.setenv("DATABASE_URL_FILE", "url")
     with pytest.raises(ConfigurationError, match="DATABASE_URL_FILE"):
         load_settings()
+
+
+def test_production_never_falls_back_to_the_embedded_default(project: Path) -> None:
+    result = run_dbinit("verify", cwd=project, ENVIRONMENT="production")
+    assert result.returncode == 2, result.output
+    assert "DATABASE_URL is not set" in result.stderr
+    assert not (project / "db.sqlite3").exists()
