@@ -191,7 +191,7 @@ class DatabaseGate:
             from dbinit.database import open_probe
             from dbinit.verify import probe_options
 
-            self._probe = await open_probe(self.settings.url, probe_options(self.settings, "ready"))
+            self._probe = await open_probe(self.settings.url, probe_options(self.settings, "ready", long_lived=True))
         return self._probe
 
     async def _drop_probe(self) -> None:
@@ -234,9 +234,12 @@ class DatabaseGate:
             return
         try:
             probe = await self._connect()
-            report = await verify(self.settings, self._registry, self.log, scripts=self._scripts, probe=probe)
+            report = await verify(
+                self.settings, self._registry, self.log, scripts=self._scripts, probe=probe, quiet=True
+            )
         except DatabaseUnreachable as exc:
             await self._drop_probe()
+            self._log_change(503, exc.message, exc.hint)
             self._readiness = (503, {"ok": False, "action": "failed", "message": exc.message,
                                      "hint": exc.hint, "service": self.settings.service})
             self._checked_at = self._clock()
@@ -244,7 +247,18 @@ class DatabaseGate:
         except Exception:
             await self._drop_probe()  # a broken connection is reopened next time
             raise
+        self._log_change(200 if report.ok else 503, report.message, report.hint)
         self._remember(report)
+
+    def _log_change(self, status: int, message: str, hint: str) -> None:
+        """Readiness re-checks are quiet; a change of state is logged once."""
+        previous = self._readiness[0] if self._readiness is not None else None
+        if status == previous:
+            return
+        if status == 200:
+            self.log.info("Database readiness restored", message=message)
+        else:
+            self.log.error("Database readiness lost", reason=message, hint=hint)
 
     # -- the two ways in -----------------------------------------------------------
 

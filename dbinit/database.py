@@ -62,6 +62,10 @@ class ProbeOptions:
     connect_timeout: float
     query_timeout: float
     application_name: str
+    #: A connection kept open for repeated checks (readiness): the statement is
+    #: prepared once and then costs one Bind/Execute round trip, with no
+    #: planning. A one-shot check sends it over the simple protocol instead.
+    long_lived: bool = False
 
 
 def _literal(text: str) -> str:
@@ -122,6 +126,7 @@ class PostgresProbe:
 
     def __init__(self, connection: asyncpg.Connection, options: ProbeOptions) -> None:
         self._connection = connection
+        self._long_lived = options.long_lived
         self._query = postgres_state_query(options.schema, options.version_table)
         self._fallback = postgres_state_query(
             options.schema, options.version_table, with_versions=False
@@ -136,7 +141,7 @@ class PostgresProbe:
             connection = await asyncpg.connect(
                 url.asyncpg_dsn(),
                 timeout=options.connect_timeout,
-                statement_cache_size=0,
+                statement_cache_size=16 if options.long_lived else 0,
                 server_settings={
                     "application_name": options.application_name[:63],
                     "default_transaction_read_only": "on",
@@ -152,6 +157,8 @@ class PostgresProbe:
         return cls(connection, options)
 
     async def read_state(self) -> DatabaseState:
+        if self._long_lived:
+            return await self._read_prepared()
         chunks: list[bytes] = []
 
         async def sink(data: bytes) -> None:
@@ -167,6 +174,24 @@ class PostgresProbe:
                 self._fallback, output=sink, timeout=self._timeout
             )
         return parse_postgres_state(b"".join(chunks).decode())
+
+    async def _read_prepared(self) -> DatabaseState:
+        import asyncpg
+
+        try:
+            row = await self._connection.fetchrow(self._query, timeout=self._timeout)
+        except asyncpg.UndefinedTableError:
+            row = await self._connection.fetchrow(self._fallback, timeout=self._timeout)
+        assert row is not None
+        version, schema, count, exists, versions = row
+        return DatabaseState(
+            backend="postgresql",
+            server_version=version,
+            schema=schema,
+            table_count=int(count),
+            version_table_exists=bool(exists),
+            versions=tuple(versions.split()) if versions else (),
+        )
 
     async def close(self) -> None:
         await self._connection.close(timeout=2)

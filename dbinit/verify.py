@@ -24,13 +24,14 @@ if TYPE_CHECKING:
     from dbinit.settings import Settings
 
 
-def probe_options(settings: Settings, purpose: str) -> ProbeOptions:
+def probe_options(settings: Settings, purpose: str, *, long_lived: bool = False) -> ProbeOptions:
     return ProbeOptions(
         schema=settings.db_schema,
         version_table=settings.version_table,
         connect_timeout=settings.connect_timeout,
         query_timeout=settings.verify_timeout,
         application_name=f"dbinit-{purpose}:{settings.service}",
+        long_lived=long_lived,
     )
 
 
@@ -57,15 +58,18 @@ async def verify(
     probe: Probe | None = None,
     fail_level: Level = Level.ERROR,
     notify: bool = True,
+    quiet: bool = False,
 ) -> VerifyReport:
     """Run ``checks`` (default: all registered) and return the report.
 
     ``scripts`` and ``probe`` let a long-lived caller (the ASGI integration)
-    read the migrations once and keep one connection. Raises
+    read the migrations once and keep one connection; ``quiet`` (its
+    readiness re-checks) logs nothing: the caller logs changes. Raises
     :class:`DatabaseUnreachable` if the database cannot be reached.
     """
     started = time.perf_counter()
-    log.info("Database verification mode - checking database is ready")
+    if not quiet:
+        log.info("Database verification mode - checking database is ready")
     selected = list(registry.checks if checks is None else checks)
     if scripts is None:
         scripts = read_scripts(settings)
@@ -80,17 +84,16 @@ async def verify(
             state = await probe.read_state()
         else:
             state = await read_state(settings)
-        log.info(
-            "Database state checked",
-            table_count=state.table_count,
-            version_table=state.version_table_exists,
-            current_revision=state.current_revision,
-        )
+        if not quiet:
+            log.info(
+                "Database state checked",
+                table_count=state.table_count,
+                version_table=state.version_table_exists,
+                current_revision=state.current_revision,
+            )
     facts = Facts(settings=settings, scripts=scripts, state=state)
     try:
-        outcomes = run_checks(
-            selected, facts, fail_level=fail_level, silenced=settings.silenced_checks
-        )
+        outcomes = run_checks(selected, facts, fail_level=fail_level, silenced=settings.silenced_checks)
     except PluginError:
         raise
     except Exception as exc:
@@ -110,14 +113,14 @@ async def verify(
         table_count=state.table_count if state else None,
         duration_ms=(time.perf_counter() - started) * 1000,
     )
-    if report.ok:
+    if report.ok and not quiet:
         log.info(
             "Database verification successful",
             migration_count=report.migration_count,
             current_revision=report.current_revision,
             table_count=report.table_count,
         )
-    else:
+    elif not report.ok and not quiet:
         for outcome in report.failed:
             log.error(
                 "Database verification failed",
@@ -126,9 +129,8 @@ async def verify(
                 reason=outcome.message,
                 hint=outcome.hint,
             )
-    log.info(
-        "Database verification completed", ok=report.ok, duration_ms=round(report.duration_ms, 2)
-    )
+    if not quiet:
+        log.info("Database verification completed", ok=report.ok, duration_ms=round(report.duration_ms, 2))
     if notify:
         registry.notify("dbinit_verify_finished", report=report)
     return report

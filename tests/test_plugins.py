@@ -195,3 +195,29 @@ def test_every_hook_is_documented() -> None:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Called" in doc, f"{name} does not say when it is called"
         assert ":return:" in doc, f"{name} does not document its return value"
+
+
+def test_entry_point_scan_agrees_with_importlib_metadata(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = tmp_path / "site"
+    for dist, body in [("alpha_pkg-2.0", "[dbinit]\nalpha = alpha_mod:plugin\n[console_scripts]\nx = y:z\n"),
+                       ("beta-1.0", "[other]\nnope = n\n[dbinit]\n beta = beta_mod \n")]:
+        info = folder / f"{dist}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.split('-')[0]}\nVersion: 1\n")
+        (info / "entry_points.txt").write_text(body)
+    code = (
+        "import json, importlib.metadata\n"
+        "from dbinit.pluginmanager import find_entry_points\n"
+        "ours = sorted((e.name, e.value) for e in find_entry_points('dbinit'))\n"
+        "theirs = sorted((e.name, e.value) for e in importlib.metadata.entry_points(group='dbinit'))\n"
+        "print(json.dumps([ours, theirs]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{Path(__file__).resolve().parents[1]}"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ours, theirs = json.loads(proc.stdout)
+    assert ours == theirs
+    assert ["alpha", "alpha_mod:plugin"] in ours and ["beta", "beta_mod"] in ours
