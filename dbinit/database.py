@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-import sqlite3
 from typing import TYPE_CHECKING, Protocol
 
 from dbinit.errors import DatabaseUnreachable
@@ -76,9 +75,7 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def postgres_state_query(
-    schema: str | None, version_table: str, *, with_versions: bool = True
-) -> str:
+def postgres_state_query(schema: str | None, version_table: str, *, with_versions: bool = True) -> str:
     """The single statement: server version, schema, table count, version rows.
 
     It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
@@ -91,11 +88,7 @@ def postgres_state_query(
     ``search_path``, as Alembic does.
     """
     schema_sql = _literal(schema) if schema else "current_schema()"
-    table = (
-        f"{_identifier(schema)}.{_identifier(version_table)}"
-        if schema
-        else _identifier(version_table)
-    )
+    table = f"{_identifier(schema)}.{_identifier(version_table)}" if schema else _identifier(version_table)
     versions = (
         f"true, (SELECT string_agg(version_num::text, ' ' ORDER BY version_num) FROM {table})"
         if with_versions
@@ -108,17 +101,24 @@ def postgres_state_query(
        {versions}"""
 
 
-def parse_postgres_state(line: str) -> DatabaseState:
-    fields = line.rstrip("\n").split("\t")
-    version, schema, count, exists, versions = fields
+def postgres_state(
+    version: str, schema: str, count: int, exists: bool, versions: str | None
+) -> DatabaseState:
+    """The state from the statement's five columns."""
     return DatabaseState(
         backend="postgresql",
         server_version=version,
         schema=schema,
-        table_count=int(count),
-        version_table_exists=exists == "t",
-        versions=tuple(versions.split()) if versions != r"\N" else (),
+        table_count=count,
+        version_table_exists=exists,
+        versions=tuple(versions.split()) if versions else (),
     )
+
+
+def parse_postgres_state(line: str) -> DatabaseState:
+    """The state from the statement's ``COPY`` text output (one line)."""
+    version, schema, count, exists, versions = line.rstrip("\n").split("\t")
+    return postgres_state(version, schema, int(count), exists == "t", None if versions == r"\N" else versions)
 
 
 class PostgresProbe:
@@ -128,9 +128,7 @@ class PostgresProbe:
         self._connection = connection
         self._long_lived = options.long_lived
         self._query = postgres_state_query(options.schema, options.version_table)
-        self._fallback = postgres_state_query(
-            options.schema, options.version_table, with_versions=False
-        )
+        self._fallback = postgres_state_query(options.schema, options.version_table, with_versions=False)
         self._timeout = options.query_timeout
 
     @classmethod
@@ -170,9 +168,7 @@ class PostgresProbe:
             await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
         except asyncpg.UndefinedTableError:
             chunks.clear()
-            await self._connection.copy_from_query(
-                self._fallback, output=sink, timeout=self._timeout
-            )
+            await self._connection.copy_from_query(self._fallback, output=sink, timeout=self._timeout)
         return parse_postgres_state(b"".join(chunks).decode())
 
     async def _read_prepared(self) -> DatabaseState:
@@ -184,14 +180,7 @@ class PostgresProbe:
             row = await self._connection.fetchrow(self._fallback, timeout=self._timeout)
         assert row is not None
         version, schema, count, exists, versions = row
-        return DatabaseState(
-            backend="postgresql",
-            server_version=version,
-            schema=schema,
-            table_count=int(count),
-            version_table_exists=bool(exists),
-            versions=tuple(versions.split()) if versions else (),
-        )
+        return postgres_state(version, schema, int(count), bool(exists), versions)
 
     async def close(self) -> None:
         await self._connection.close(timeout=2)
@@ -209,14 +198,14 @@ class SqliteProbe:
         return cls(url, options)
 
     async def read_state(self) -> DatabaseState:
+        import sqlite3
+
         path = self._url.sqlite_path
         if path is not None and not path.exists():
             return DatabaseState("sqlite", sqlite3.sqlite_version, "main", 0, False, (), False)
         target = path.absolute().as_uri() + "?mode=ro" if path is not None else ":memory:"
         try:
-            connection = sqlite3.connect(
-                target, uri=path is not None, timeout=self._options.query_timeout
-            )
+            connection = sqlite3.connect(target, uri=path is not None, timeout=self._options.query_timeout)
         except sqlite3.Error as exc:
             raise DatabaseUnreachable(
                 f"cannot open SQLite database {self._url.database!r}: {exc}",
@@ -243,9 +232,7 @@ class SqliteProbe:
             ) from None
         finally:
             connection.close()
-        return DatabaseState(
-            "sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions
-        )
+        return DatabaseState("sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions)
 
     async def close(self) -> None:
         return None
