@@ -369,9 +369,8 @@ def list_revision_files(layout: AlembicLayout) -> list[Path]:
             dirs.sort()
             if root.endswith("__pycache__"):
                 continue
-            for name in sorted(names):
-                if _REVISION_FILE.match(name):
-                    files.append(Path(root) / name)
+            base = Path(root)
+            files.extend(base / name for name in sorted(names) if _REVISION_FILE.match(name))
             if not layout.recursive:
                 break
     return files
@@ -471,20 +470,31 @@ def _imports_a_name(text: str) -> bool:
 
 
 def _value(path: Path, name: str, text: str, start: int) -> object:
+    """The literal assigned from ``start`` on: one line, or as many as the statement takes."""
     end = text.find("\n", start)
-    line = text[start:] if end < 0 else text[start:end]
-    try:
-        return ast.literal_eval(line.strip() or "None_")
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        pass
-    # A value spread over several lines (a tuple, a backslash): extend until it parses.
-    lines = text[start:].split("\n", _MAX_VALUE_LINES)[:_MAX_VALUE_LINES]
-    for count in range(2, len(lines) + 1):
+    candidate = text[start:] if end < 0 else text[start:end]
+    lines = None
+    for count in range(1, _MAX_VALUE_LINES + 1):
+        if count > 1:  # a value spread over several lines (brackets, backslashes)
+            if lines is None:
+                lines = text[start:].split("\n", _MAX_VALUE_LINES)
+            if count > len(lines):
+                break
+            candidate = "\n".join(lines[:count])
         try:
-            return ast.literal_eval("\n".join(lines[:count]).strip())
+            return _literal(candidate)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
     raise UnreadableRevision(path, f"`{name}` is not a literal value")
+
+
+def _literal(source: str) -> object:
+    # Parsed as the statement it is, so that continuation lines and comments
+    # mean what they mean to Python; only a single plain assignment counts.
+    statement = ast.parse("_ = " + source).body
+    if len(statement) != 1 or not isinstance(statement[0], ast.Assign):
+        raise ValueError("not a single assignment")
+    return ast.literal_eval(statement[0].value)
 
 
 def _names(path: Path, variable: str, value: object, *, unique: bool = False) -> tuple[str, ...]:

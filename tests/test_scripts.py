@@ -1,0 +1,477 @@
+"""The static revision reader (dbinit.scripts), example by example, against Alembic.
+
+Every project here is also handed to Alembic's own ``ScriptDirectory``: the
+static reader must see the same revisions, parents, labels, dependencies,
+heads and bases; where Alembic refuses the history, dbinit raises
+ConfigurationError naming the revision. The property test
+(test_scripts_property.py) covers random histories written by Alembic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError, to_tuple
+
+from dbinit.alembic_graph import graph_from_alembic
+from dbinit.errors import ConfigurationError
+from dbinit.scripts import (
+    RevisionGraph,
+    find_layout,
+    list_revision_files,
+    read_migration_scripts,
+    read_revision_file,
+)
+from tests.plugins.databases import ROOT, add_revision, clean_env
+
+Shape = dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def make_project(root: Path, *ini_lines: str, script_location: str = "%(here)s/migrations") -> Path:
+    """An Alembic project with an empty versions folder; returns alembic.ini."""
+    (root / "migrations" / "versions").mkdir(parents=True)
+    (root / "migrations" / "env.py").write_text("")
+    ini = root / "alembic.ini"
+    ini.write_text("\n".join(["[alembic]", f"script_location = {script_location}", *ini_lines]) + "\n")
+    return ini
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def plain(rev: str, down: object, labels: object = None, deps: object = None) -> str:
+    """A revision file with plain assignments, as Alembic wrote them before 1.13."""
+    return (
+        f'"""{rev}\n\nRevision ID: {rev}\n"""\nfrom alembic import op\n\n'
+        f"revision = {rev!r}\ndown_revision = {down!r}\n"
+        f"branch_labels = {labels!r}\ndepends_on = {deps!r}\n\n\n"
+        "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
+    )
+
+
+def our_shape(graph: RevisionGraph) -> Shape:
+    return {r.revision: (r.down_revisions, r.branch_labels, r.depends_on) for r in graph.revisions.values()}
+
+
+def alembic_view(ini: Path) -> tuple[Shape, tuple[str, ...], tuple[str, ...]]:
+    """What Alembic itself makes of the project (it imports every file)."""
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    shape = {
+        sc.revision: (
+            tuple(dict.fromkeys(to_tuple(sc.down_revision, default=()))),
+            tuple(sc._orig_branch_labels),
+            tuple(dict.fromkeys(to_tuple(sc.dependencies, default=()))),
+        )
+        for sc in script.walk_revisions()
+    }
+    return shape, tuple(script.get_heads()), tuple(script.get_bases())
+
+
+def assert_agrees(ini: Path, *, source: str = "static") -> RevisionGraph:
+    scripts = read_migration_scripts(ini)
+    assert scripts.source == source, scripts.unreadable
+    graph = scripts.graph
+    assert (our_shape(graph), graph.heads, graph.bases) == alembic_view(ini)
+    fallback = graph_from_alembic(find_layout(ini, None))
+    assert (our_shape(fallback), fallback.heads, fallback.bases) == (
+        our_shape(graph),
+        graph.heads,
+        graph.bases,
+    )
+    return graph
+
+
+# -- the example project --------------------------------------------------------
+
+
+def test_example_project_agrees_with_alembic(project: Path) -> None:
+    graph = assert_agrees(project / "alembic.ini")
+    assert graph.heads == ("8d3f6b2a9c11",)
+    assert graph.pending(()) == ["374752db316e", "5c9a1e7b2f40", "8d3f6b2a9c11"]
+    assert graph.pending(("5c9a1e7b2f40",)) == ["8d3f6b2a9c11"]
+
+
+def test_alembic_file_shape_from_the_test_fixture(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    add_revision(tmp_path, "aaa", None, branch_labels="('core',)")
+    add_revision(tmp_path, "bbb", "aaa")
+    add_revision(tmp_path, "ccc", None, depends_on="'core'")
+    graph = assert_agrees(ini)
+    assert graph.heads == ("bbb", "ccc")
+    assert graph.bases == ("aaa", "ccc")
+    assert graph.parents("ccc") == ("aaa",)
+
+
+# -- syntax Alembic accepts ----------------------------------------------------------
+
+HEADER = '"""msg\n\nRevision ID: x\n"""\nfrom typing import Sequence, Union\n\nfrom alembic import op\n\n'
+
+SYNTAX = {
+    "plain double quotes": (
+        'revision = "b1"\ndown_revision = "a1"\nbranch_labels = None\ndepends_on = None\n',
+        ("a1",), (), (),
+    ),
+    "annotated single quotes": (
+        "revision: str = 'b1'\ndown_revision: Union[str, Sequence[str], None] = 'a1'\n"
+        "branch_labels: Union[str, Sequence[str], None] = None\n"
+        "depends_on: Union[str, Sequence[str], None] = None\n",
+        ("a1",), (), (),
+    ),
+    "no spaces": ("revision:str='b1'\ndown_revision='a1'\n",),
+    "comments after values": (
+        'revision = "b1"  # the id\ndown_revision = ("a1", "a2")  # a merge\n'
+        "branch_labels = None # none\ndepends_on = None\t# none\n",
+        ("a1", "a2"), (), (),
+    ),
+    "multi-line tuple": (
+        'revision = "b1"\ndown_revision = (\n    "a1",  # first\n    # between\n    "a2",\n)\n'
+        "branch_labels = (\n    'feature',\n)\ndepends_on = None\n",
+        ("a1", "a2"), ("feature",), (),
+    ),
+    "list, string label, string dependency": (
+        "revision = 'b1'\ndown_revision = ['a1', 'a2']\nbranch_labels = 'feature'\ndepends_on = 'a1'\n",
+        ("a1", "a2"), ("feature",), ("a1",),
+    ),
+    "repeated names, empty tuple": (
+        "revision = 'b1'\ndown_revision = ('a1', 'a1')\nbranch_labels = ()\ndepends_on = ['a2', 'a2']\n",
+        ("a1",), (), ("a2",),
+    ),
+    "backslash continuation and implicit concatenation": (
+        "revision = 'b' \\\n    '1'\ndown_revision = \\\n    'a1'\n",
+        ("a1",), (), (),
+    ),
+    "escapes and prefixes": ("revision = r'b1'\ndown_revision = u'a\\x31'\n", ("a1",), (), ()),
+    "annotation alone binds nothing": (
+        "revision: str\nrevision = 'b1'\ndown_revision: str\ndown_revision = 'a1'\n",
+        ("a1",), (), (),
+    ),
+    "the last assignment wins": (
+        "revision = 'zz'\nrevision = 'b1'\ndown_revision = None\ndown_revision = 'a1'\n",
+        ("a1",), (), (),
+    ),
+    "assignments in strings after the real ones": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n"
+        "def upgrade():\n    op.execute(\"\"\"\nrevision = 'x'\ndepends_on = 'x'\n\"\"\")\n"
+        "    op.execute('''\nbranch_labels = 'x'\n''')\n"
+        "NOTE = '''\nit says \"\"\" here\ndepends_on = 'x'\n'''\n",
+        ("a1",), (), (),
+    ),
+    "CRLF line endings": (
+        "revision = 'b1'\r\ndown_revision = ('a1',\r\n    'a2')\r\nbranch_labels = None\r\n",
+        ("a1", "a2"), (), (),
+    ),
+    "byte order mark": ("\ufeffrevision = 'b1'\ndown_revision = 'a1'\n", ("a1",), (), ()),
+}
+
+
+@pytest.mark.parametrize("case", SYNTAX, ids=list(SYNTAX))
+def test_syntax_alembic_accepts_is_read_statically(tmp_path: Path, case: str) -> None:
+    body, *expected = SYNTAX[case]
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "a2_base.py", plain("a2", None))
+    if body.startswith("\ufeff"):  # the assignment on the very first line, after the mark
+        (versions / "b1_child.py").write_bytes(body[1:].encode("utf-8-sig"))
+    else:
+        (versions / "b1_child.py").write_bytes((HEADER + body).encode())
+    graph = assert_agrees(ini)
+    if expected:
+        assert our_shape(graph)["b1"] == tuple(expected)
+    assert read_revision_file(versions / "b1_child.py").revision == "b1"
+
+
+FALLBACK = {
+    "computed revision": "revision = 'b' + '1'\ndown_revision = 'a1'\n",
+    "augmented assignment": "revision = 'b'\nrevision += '1'\ndown_revision = 'a1'\n",
+    "tuple unpacking": "revision, down_revision = 'b1', 'a1'\n",
+    "a name from an import": (
+        "from os import sep as depends_on\nrevision = 'b1'\ndown_revision = 'a1'\ndepends_on = None\n"
+    ),
+    "a value from a call": "revision = str('b1')\ndown_revision = 'a1'\n",
+    "an f-string": "A = 'b'\nrevision = f'{A}1'\ndown_revision = 'a1'\n",
+    "two statements on a line": "revision = 'b1'; down_revision = 'a1'\n",
+    "multi-line annotation": "revision: (\n    str\n) = 'b1'\ndown_revision = 'a1'\n",
+}
+
+
+@pytest.mark.parametrize("case", FALLBACK, ids=list(FALLBACK))
+def test_unreadable_file_is_named_and_alembic_decides(tmp_path: Path, case: str) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    (versions / "b1_child.py").write_text(HEADER + FALLBACK[case])
+    scripts = read_migration_scripts(ini)
+    assert scripts.source == "alembic"
+    assert len(scripts.unreadable) == 1
+    assert scripts.unreadable[0].startswith("b1_child.py: ")
+    assert set(scripts.graph.revisions) == {"a1", "b1"}
+    assert_agrees(ini, source="alembic")
+
+
+def test_computed_revision_falls_back_to_the_graph_alembic_builds(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "ab_base.py", plain("ab", None, labels=("core",)))
+    write(versions / "abcd_computed.py", HEADER + 'revision = "ab" + "cd"\ndown_revision = "ab"\n')
+    write(versions / "ef_head.py", plain("ef", "abcd", deps="core"))
+    scripts = read_migration_scripts(ini)
+    assert scripts.source == "alembic"
+    assert scripts.unreadable == ("abcd_computed.py: `revision` is not a literal value",)
+    assert scripts.heads == ("ef",)
+    assert our_shape(scripts.graph) == alembic_view(ini)[0]
+    assert scripts.graph.pending(()) == ["ab", "abcd", "ef"]
+
+
+# -- files that are not revisions ---------------------------------------------------
+
+
+def test_files_alembic_ignores_are_ignored(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "__init__.py", "raise SystemExit('__init__ is not a revision')\n")
+    write(versions / "README", "revision = 'readme'\ndown_revision = None\n")
+    write(versions / "notes.txt", "revision = 'notes'\n")
+    write(versions / "a1_base.py~", plain("backup", None))
+    (versions / "__pycache__").mkdir()
+    (versions / "__pycache__" / "old_rev.cpython-311.pyc").write_bytes(b"\x00not python")
+    (versions / "__pycache__" / "stray.py").write_text(plain("cached", None))
+    (versions / "compiled.pyc").write_bytes(b"\x00not python")
+    os.symlink("root@host.4242:1700000000", versions / ".#a1_base.py")  # an Emacs lock: dangling
+    write(versions / ".#b1_draft.py", plain("draft", None))
+    (versions / "subfolder").mkdir()
+    write(versions / "subfolder" / "c1_nested.py", plain("nested", None))  # not recursive
+
+    names = [p.name for p in list_revision_files(find_layout(ini, None))]
+    assert names == ["a1_base.py"]
+    graph = assert_agrees(ini)
+    assert set(graph.revisions) == {"a1"}
+
+
+# -- where the versions are -----------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:No path_separator found:DeprecationWarning")
+@pytest.mark.parametrize(
+    ("separator", "joined"),
+    [("os", os.pathsep), ("space", " "), (";", ";"), ("newline", "\n    "), (None, ", ")],
+)
+def test_version_locations_with_each_separator(tmp_path: Path, separator: str | None, joined: str) -> None:
+    lines = [f"version_locations = %(here)s/migrations/versions{joined}%(here)s/shared/versions"]
+    if separator is not None:
+        lines.insert(0, f"path_separator = {separator}")
+    ini = make_project(tmp_path, *lines)
+    write(tmp_path / "migrations" / "versions" / "a1_base.py", plain("a1", None))
+    write(tmp_path / "shared" / "versions" / "s1_shared.py", plain("s1", None, labels="shared"))
+    write(tmp_path / "migrations" / "versions" / "b1_child.py", plain("b1", "a1", deps="shared"))
+    layout = find_layout(ini, None)
+    assert layout.version_locations == (
+        tmp_path / "migrations" / "versions",
+        tmp_path / "shared" / "versions",
+    )
+    graph = assert_agrees(ini)
+    assert graph.heads == ("b1", "s1")
+    assert graph.pending(()) == ["a1", "s1", "b1"]
+
+
+def test_recursive_version_locations_reads_subfolders(tmp_path: Path) -> None:
+    ini = make_project(tmp_path, "recursive_version_locations = true")
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "2024" / "q1" / "a1_base.py", plain("a1", None))
+    write(versions / "2024" / "b1_next.py", plain("b1", "a1"))
+    write(versions / "c1_top.py", plain("c1", "b1"))
+    write(versions / "2025" / "__init__.py", "")
+    write(versions / "2025" / "__pycache__" / "x.py", plain("cached", None))
+    graph = assert_agrees(ini)
+    assert set(graph.revisions) == {"a1", "b1", "c1"}
+    assert graph.heads == ("c1",)
+
+
+def test_recursive_is_exactly_true_as_for_alembic(tmp_path: Path) -> None:
+    ini = make_project(tmp_path, "recursive_version_locations = True")
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "sub" / "b1_next.py", plain("b1", "a1"))
+    assert not find_layout(ini, None).recursive
+    assert set(assert_agrees(ini).revisions) == {"a1"}
+
+
+def test_overlapping_locations_read_each_file_once(tmp_path: Path) -> None:
+    ini = make_project(
+        tmp_path,
+        "recursive_version_locations = true",
+        "path_separator = space",
+        "version_locations = %(here)s/migrations/versions %(here)s/migrations/versions/sub",
+    )
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "sub" / "b1_next.py", plain("b1", "a1"))
+    with pytest.warns(UserWarning, match="loaded twice"):
+        expected = alembic_view(ini)
+    scripts = read_migration_scripts(ini)
+    assert scripts.source == "static"
+    assert (our_shape(scripts.graph), scripts.heads, scripts.graph.bases) == expected
+
+
+def test_here_in_script_location_is_independent_of_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = make_project(tmp_path / "service")
+    add_revision(tmp_path / "service", "a1", None)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    scripts = read_migration_scripts(ini)
+    assert scripts.script_location == tmp_path / "service" / "migrations"
+    assert scripts.heads == ("a1",)
+
+
+def test_relative_script_location_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = make_project(tmp_path / "service", script_location="migrations")
+    add_revision(tmp_path / "service", "a1", None)
+    monkeypatch.chdir(tmp_path / "service")
+    assert read_migration_scripts(ini).heads == ("a1",)
+    assert_agrees(ini)
+    monkeypatch.chdir(tmp_path)  # as for Alembic: the folder is not found from here
+    with pytest.raises(ConfigurationError, match="script_location"):
+        read_migration_scripts(ini)
+
+
+def test_migrations_dir_without_alembic_ini(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    add_revision(tmp_path, "a1", None)
+    add_revision(tmp_path, "b1", "a1")
+    scripts = read_migration_scripts(tmp_path / "missing.ini", tmp_path / "migrations" / "versions")
+    assert scripts.alembic_ini is None
+    assert scripts.script_location == tmp_path / "migrations"
+    assert (scripts.source, scripts.count, scripts.heads) == ("static", 2, ("b1",))
+
+
+# -- histories Alembic refuses -------------------------------------------------------
+
+REFUSED = {
+    "duplicate revision id": ({"a1": plain("a1", None), "a2": plain("a1", None)}, "'a1'"),
+    "unknown down_revision": ({"a1": plain("a1", None), "b1": plain("b1", "zz")}, "'zz'"),
+    "unknown depends_on": ({"a1": plain("a1", None), "b1": plain("b1", "a1", deps="nope")}, "'nope'"),
+    "empty down_revision": ({"a1": plain("a1", "")}, "'a1'"),
+    "two-revision cycle": (
+        {"a1": plain("a1", None), "c1": plain("c1", "d1"), "d1": plain("d1", "c1")},
+        "'c1'",
+    ),
+    "self loop": ({"a1": plain("a1", None), "b1": plain("b1", ("a1", "b1"))}, "'b1'"),
+    "dependency cycle": ({"a1": plain("a1", None, deps="b1"), "b1": plain("b1", "a1")}, "'a1'"),
+    "depends on itself": ({"a1": plain("a1", None, deps="a1")}, "'a1'"),
+    "label used twice": ({"a1": plain("a1", None, "x"), "b1": plain("b1", "a1", "x")}, "'x'"),
+    "label repeated in one revision": ({"a1": plain("a1", None, ("x", "x"))}, "'x'"),
+    "label equal to a revision id": ({"a1": plain("a1", None, "b1"), "b1": plain("b1", "a1")}, "'b1'"),
+    "illegal character": ({"a1": plain("a-1", None)}, "'a-1'"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Revision .* is not present:UserWarning")
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_histories_alembic_refuses_raise_configuration_error(tmp_path: Path, case: str) -> None:
+    files, named = REFUSED[case]
+    ini = make_project(tmp_path)
+    for name, text in files.items():
+        write(tmp_path / "migrations" / "versions" / f"{name}_rev.py", text)
+    with pytest.raises(ConfigurationError) as static:
+        read_migration_scripts(ini)
+    assert named in static.value.message
+    with pytest.raises(ConfigurationError) as fallback:  # the Alembic path says so too
+        graph_from_alembic(find_layout(ini, None))
+    assert named.strip("'") in fallback.value.message
+    if case != "duplicate revision id":  # Alembic only warns, then keeps one of the two
+        with pytest.raises((CommandError, KeyError)):
+            alembic_view(ini)
+
+
+def test_cycle_through_a_merge_is_refused_although_alembic_misses_it(tmp_path: Path) -> None:
+    # d1 merges a1 and c1, c1 comes after d1: Alembic builds the map and then
+    # upgrades d1 before c1. dbinit refuses the history.
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_rev.py", plain("a1", None))
+    write(versions / "c1_rev.py", plain("c1", "d1"))
+    write(versions / "d1_rev.py", plain("d1", ("a1", "c1")))
+    write(versions / "e1_rev.py", plain("e1", "c1"))
+    with pytest.raises(ConfigurationError, match=r"cycle.*'c1', 'd1'"):
+        read_migration_scripts(ini)
+
+
+def test_missing_alembic_ini_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        read_migration_scripts(tmp_path / "alembic.ini")
+    assert "DBINIT_ALEMBIC_INI" in error.value.message
+    assert str(tmp_path / "alembic.ini") in error.value.message
+
+
+def test_missing_versions_folder_is_named(tmp_path: Path) -> None:
+    ini = make_project(tmp_path, "path_separator = os", "version_locations = %(here)s/gone")
+    with pytest.raises(ConfigurationError) as error:
+        read_migration_scripts(ini)
+    assert str(tmp_path / "gone") in error.value.message
+
+
+def test_bad_path_separator_is_a_configuration_error(tmp_path: Path) -> None:
+    ini = make_project(tmp_path, "path_separator = comma", "version_locations = a,b")
+    with pytest.raises(ConfigurationError, match="path_separator"):
+        read_migration_scripts(ini)
+
+
+# -- no import -------------------------------------------------------------------------
+
+PROBE = """
+import json, sys
+from pathlib import Path
+from dbinit.scripts import read_migration_scripts
+scripts = read_migration_scripts(Path(sys.argv[1]))
+print(json.dumps({
+    "source": scripts.source,
+    "heads": list(scripts.heads),
+    "loaded": sorted(
+        m for m in ("alembic", "sqlalchemy", "mako", "dbinit.alembic_graph") if m in sys.modules
+    ),
+}))
+"""
+
+
+def test_reading_imports_neither_the_migrations_nor_alembic(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    for rev, down in [("a1", None), ("b1", "a1")]:
+        write(versions / f"{rev}_rev.py", plain(rev, down).replace(
+            "from alembic import op\n", "from alembic import op\nraise SystemExit('imported!')\n"
+        ))
+    env = clean_env()
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ini)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"source": "static", "heads": ["b1"], "loaded": []}
+    assert "imported!" not in result.stdout + result.stderr
+
+    # Alembic, by contrast, runs the files: the probe above is not vacuous.
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from alembic.script import ScriptDirectory; "
+         "ScriptDirectory(sys.argv[1]).get_heads()", str(tmp_path / "migrations")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )
+    assert "imported!" in result.stderr
