@@ -122,7 +122,7 @@ class Measure:
         ordered = sorted(self.seconds)
         q1 = ordered[len(ordered) // 4] * 1000
         q3 = ordered[(3 * len(ordered)) // 4] * 1000
-        return f"{q1:.0f}–{q3:.0f}"
+        return f"{q1:.0f}-{q3:.0f}"
 
 
 def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, int]:
@@ -193,7 +193,8 @@ async def in_process(project: Path, url: str, runs: int) -> tuple[float, float]:
     from dbinit.verify import probe_options, read_scripts, verify
 
     os.chdir(project)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")))
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the logger
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(devnull))
     settings = load_settings(database_url=url)
     registry = Registry.load()
     scripts = read_scripts(settings)
@@ -335,7 +336,7 @@ def render(rows: list[tuple[int, list[Measure], tuple[float, float]]], runs: int
         lines += [
             f"## {size} revisions",
             "",
-            "| command | median ms | IQR ms | × bare floor | × stack floor | statements | peak MiB |",
+            "| command | median ms | IQR ms | x bare floor | x stack floor | statements | peak MiB |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for m in measures:
@@ -346,9 +347,9 @@ def render(rows: list[tuple[int, list[Measure], tuple[float, float]]], runs: int
         upgrade = by["alembic upgrade head"].median_ms
         lines += [
             "",
-            f"- `alembic upgrade head` / `dbinit verify`: **{upgrade / by['dbinit verify'].median_ms:.2f}×**",
+            f"- `alembic upgrade head` / `dbinit verify`: **{upgrade / by['dbinit verify'].median_ms:.2f}x**",
             f"- in-process verification on an open connection: {verify_us:.0f} µs median, "
-            f"one `SELECT 1` round trip {select_us:.0f} µs: **{verify_us / select_us:.2f}×**",
+            f"one `SELECT 1` round trip {select_us:.0f} µs: **{verify_us / select_us:.2f}x**",
             "",
         ]
     if 10 in verify_by_size and 1000 in verify_by_size:

@@ -71,7 +71,7 @@ def graph_from_alembic(layout: AlembicLayout) -> RevisionGraph:
             down_revisions=_tuple(sc.down_revision),
             branch_labels=tuple(sc._orig_branch_labels),
             depends_on=_tuple(sc.dependencies),
-            path=Path(sc.path),
+            file=str(sc.path),
         )
         for sc in scripts
     ]

@@ -191,7 +191,8 @@ class DatabaseGate:
             from dbinit.database import open_probe
             from dbinit.verify import probe_options
 
-            self._probe = await open_probe(self.settings.url, probe_options(self.settings, "ready", long_lived=True))
+            options = probe_options(self.settings, "ready", long_lived=True)
+            self._probe = await open_probe(self.settings.url, options)
         return self._probe
 
     async def _drop_probe(self) -> None:

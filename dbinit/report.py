@@ -26,6 +26,7 @@ class VerifyReport:
     current_revision: str | None
     table_count: int | None
     duration_ms: float
+    migrations_source: str = "static"
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,7 @@ class VerifyReport:
             "database": self.database,
             "hint": self.hint,
             "head_revisions": list(self.head_revisions),
+            "migrations_source": self.migrations_source,
             "duration_ms": round(self.duration_ms, 2),
             "checks": [o.as_dict() for o in self.outcomes],
         }

@@ -73,6 +73,10 @@ async def verify(
     selected = list(registry.checks if checks is None else checks)
     if scripts is None:
         scripts = read_scripts(settings)
+    if scripts.manifest_note and not quiet:
+        log.warning(
+            "Revision manifest not used: run `dbinit manifest` again", reason=scripts.manifest_note
+        )
     if scripts.unreadable:
         log.warning(
             "Migration files not readable statically; Alembic was used instead",
@@ -112,6 +116,7 @@ async def verify(
         current_revision=state.current_revision if state else None,
         table_count=state.table_count if state else None,
         duration_ms=(time.perf_counter() - started) * 1000,
+        migrations_source=scripts.source,
     )
     if report.ok and not quiet:
         log.info(

@@ -1,0 +1,111 @@
+"""A revision manifest: the revision graph read once, at image build time.
+
+``dbinit manifest`` writes ``.dbinit-revisions.json`` into the first versions
+folder: every revision (id, down revisions, branch labels, dependencies,
+file) and, for freshness, every candidate file's size and modification time.
+At start-up ``verify`` stats the files (a few ms for a thousand) and, if
+nothing changed, builds the graph from the manifest instead of reading every
+file. Any difference -- a file added, removed, edited -- and the manifest is
+ignored (the files are read, correctly, only slower) with a warning to
+regenerate it. Alembic ignores the file (it is not a ``.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dbinit.scripts import AlembicLayout, Revision, RevisionGraph, revision_file_paths
+
+MANIFEST_NAME = ".dbinit-revisions.json"
+FORMAT = 1
+
+
+def manifest_path(layout: AlembicLayout) -> Path:
+    return layout.version_locations[0] / MANIFEST_NAME
+
+
+def fingerprint(layout: AlembicLayout) -> dict[str, list[int]]:
+    """``{path: [size, mtime_ns]}`` for every candidate revision file.
+
+    Paths are relative to the first versions folder, so the project can move.
+    """
+    base = str(layout.version_locations[0]) + os.sep
+    prints: dict[str, list[int]] = {}
+    stat = os.stat
+    for path in revision_file_paths(layout):
+        info = stat(path)
+        key = path[len(base) :] if path.startswith(base) else os.path.relpath(path, base)
+        prints[key] = [info.st_size, info.st_mtime_ns]
+    return prints
+
+
+def write_manifest(layout: AlembicLayout, graph: RevisionGraph) -> Path:
+    """Write the manifest (atomically) for a graph already validated; returns its path."""
+    revisions = list(graph.revisions.values())
+    document = {
+        "format": FORMAT,
+        "files": fingerprint(layout),
+        "heads": list(graph.heads),
+        "bases": list(graph.bases),
+        "labels": dict(graph.labels),
+        "revisions": [
+            {
+                "revision": r.revision,
+                "down_revisions": list(r.down_revisions),
+                "branch_labels": list(r.branch_labels),
+                "depends_on": list(r.depends_on),
+                "path": os.path.relpath(r.file, layout.version_locations[0]) if r.file else None,
+            }
+            for r in revisions
+        ],
+    }
+    target = manifest_path(layout)
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=0, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+class StaleManifest(Exception):
+    """The manifest does not describe the files on disk any more."""
+
+
+def load_manifest(layout: AlembicLayout) -> RevisionGraph | None:
+    """The graph from a fresh manifest; None if there is none.
+
+    Raises :class:`StaleManifest` when one exists but the files changed. The
+    graph was validated when the manifest was written from these very files,
+    so it is not validated again.
+    """
+    path = manifest_path(layout)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise StaleManifest(f"{path.name} is not valid JSON") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise StaleManifest(f"{path.name} has an unknown format")
+    if document.get("files") != fingerprint(layout):
+        raise StaleManifest(f"the revision files changed since {path.name} was written")
+    base = str(layout.version_locations[0]) + os.sep
+    revisions = {
+        item["revision"]: Revision(
+            revision=item["revision"],
+            down_revisions=tuple(item["down_revisions"]),
+            branch_labels=tuple(item["branch_labels"]),
+            depends_on=tuple(item["depends_on"]),
+            file=base + item["path"] if item["path"] else None,
+        )
+        for item in document["revisions"]
+    }
+    return RevisionGraph(
+        revisions=revisions,
+        heads=tuple(document["heads"]),
+        bases=tuple(document["bases"]),
+        labels=dict(document["labels"]),
+    )
