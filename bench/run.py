@@ -147,8 +147,9 @@ def measure(name: str, argv: list[str], cwd: Path, env: dict[str, str], runs: in
     return Measure(name, seconds, max(peaks))
 
 
-def count_statements(argv: list[str], cwd: Path, env: dict[str, str], url: DatabaseURL,
-                     env_key: str, dsn: bool = False) -> int:
+def count_statements(
+    argv: list[str], cwd: Path, env: dict[str, str], url: DatabaseURL, env_key: str, dsn: bool = False
+) -> int:
     socket_dir = dict(url.query).get("host")
     with counting_proxy(url.host, url.port, socket_dir) as proxy:
         query = tuple((k, v) for k, v in url.query if k != "host")
@@ -163,8 +164,12 @@ def count_statements(argv: list[str], cwd: Path, env: dict[str, str], url: Datab
 
 def make_project(folder: Path, count: int, url: str) -> Path:
     project = folder / f"project_{count}"
-    subprocess.run([str(BIN / "alembic"), "init", "-t", "async", "migrations"], cwd=project.parent
-                   if project.exists() else _mkdir(project), check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "alembic"), "init", "-t", "async", "migrations"],
+        cwd=project.parent if project.exists() else _mkdir(project),
+        check=True,
+        capture_output=True,
+    )
     ini = project / "alembic.ini"
     ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url.replace("%", "%%")))
     versions = project / "migrations" / "versions"
@@ -223,14 +228,21 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", default=os.environ.get("DBINIT_TEST_POSTGRES_URL"),
-                        help="an admin URL of the PostgreSQL server to use (creates and drops databases)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DBINIT_TEST_POSTGRES_URL"),
+        help="an admin URL of the PostgreSQL server to use (creates and drops databases)",
+    )
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
@@ -254,8 +266,9 @@ def main() -> None:
             project = make_project(work, size, url)
             run_env = {**env, "DATABASE_URL": url, "FLOOR_DSN": target.asyncpg_dsn()}
             print(f"[{size}] migrating…", flush=True)
-            subprocess.run([str(BIN / "dbinit"), "migrate"], cwd=project, env=run_env, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [str(BIN / "dbinit"), "migrate"], cwd=project, env=run_env, check=True, capture_output=True
+            )
             server_version = asyncio.run(_admin(target, "SHOW server_version"))
             commands = {
                 "dbinit verify": [str(BIN / "dbinit"), "verify"],
@@ -272,7 +285,9 @@ def main() -> None:
                     # alembic reads the URL from alembic.ini: point it at the proxy there
                     result.statements = _alembic_statements(argv, project, run_env, target)
                 elif label.endswith("floor"):
-                    result.statements = count_statements(argv, project, run_env, target, "FLOOR_DSN", dsn=True)
+                    result.statements = count_statements(
+                        argv, project, run_env, target, "FLOOR_DSN", dsn=True
+                    )
                 else:
                     result.statements = count_statements(argv, project, run_env, target, "DATABASE_URL")
                 measures.append(result)
@@ -353,7 +368,9 @@ def render(rows: list[tuple[int, list[Measure], tuple[float, float]]], runs: int
             "",
         ]
     if 10 in verify_by_size and 1000 in verify_by_size:
-        lines.append(f"Flatness: verify(1000) / verify(10) = **{verify_by_size[1000] / verify_by_size[10]:.2f}**")
+        lines.append(
+            f"Flatness: verify(1000) / verify(10) = **{verify_by_size[1000] / verify_by_size[10]:.2f}**"
+        )
         lines.append("")
     return "\n".join(lines)
 
