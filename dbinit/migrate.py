@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.pluginmanager import Registry
+    from dbinit.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 
@@ -109,6 +110,9 @@ async def _migrate(
         # Read the state only now: another job may have migrated while we waited.
         state = await read_state(settings, "migrate")
         control.raise_if_stopping("stopped before migrating")
+        ahead = [v for v in state.versions if v not in scripts.graph]
+        if ahead and not strategy.destructive:
+            return await _ahead_of_image(settings, registry, log, scripts, strategy, ahead, started)
         context = StrategyContext(settings=settings, scripts=scripts, state=state, log=log, control=control)
         worker = asyncio.ensure_future(asyncio.to_thread(strategy.run, context))
         canceller = asyncio.ensure_future(_cancel_when_stopped(control, held, worker, log))
@@ -144,6 +148,43 @@ async def _migrate(
             current_revision=report.current_revision,
             duration_ms=round(result.duration_ms, 2),
         )
+    return result
+
+
+async def _ahead_of_image(
+    settings: Settings,
+    registry: Registry,
+    log: FilteringBoundLogger,
+    scripts: MigrationScripts,
+    strategy: Strategy,
+    ahead: list[str],
+    started: float,
+) -> MigrateResult:
+    """The database is at a revision this image does not have: a newer release migrated it.
+
+    No migration can make it older. With ``DBINIT_ALLOW_AHEAD=true`` the job
+    has nothing to do (exit 0, ``up_to_date``); otherwise it is a final error
+    (exit 2), so that a Job's ``podFailurePolicy`` does not retry it.
+    """
+    if not settings.allow_ahead:
+        raise ConfigurationError(
+            f"the database is at revision {', '.join(ahead)}, which this release's migrations do "
+            f"not contain (heads: {', '.join(scripts.heads) or 'none'}): a newer release migrated it",
+            hint="Nothing for this job to do: deploy the newer release. With backward-compatible "
+            "migrations set DBINIT_ALLOW_AHEAD=true to let an older job finish as up to date.",
+        )
+    log.warning("Database ahead of this release: nothing to migrate", current=ahead,
+                heads=list(scripts.heads))
+    report = await verify(settings, registry, log, scripts=scripts)
+    result = MigrateResult(
+        service=settings.service,
+        database=settings.url.display_name,
+        strategy=strategy.name,
+        applied=(),
+        verification=report,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+    registry.notify("dbinit_migrate_finished", result=result)
     return result
 
 

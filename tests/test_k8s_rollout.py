@@ -319,14 +319,6 @@ def test_active_deadline_seconds_bounds_the_job(
 # -- two releases with different migrations: what the simulation found ----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dbinit migrate on a database AHEAD of its migrations (an older release's Job after a "
-    "newer one won the lock, or re-applied after its TTL) fails inside Alembic with exit 5 "
-    "MIGRATION_FAILED ('Alembic failed before running a migration: CommandError: Can't locate "
-    "revision ...', hint 'Check env.py'), which podFailurePolicy retries to BackoffLimitExceeded; "
-    "`migrate --plan` already says exit 2 'unknown to these migrations' (dbinit/migrate.py plan())",
-)
 def test_an_older_releases_job_after_a_newer_one_fails_once_and_says_why(
     tools: manifests.Tools, pg_database: TestDatabase, tmp_path: Path, project: Path, simulate: Any
 ) -> None:
@@ -348,14 +340,6 @@ def test_an_older_releases_job_after_a_newer_one_fails_once_and_says_why(
     assert len(old_job.pods) == 1, "no retry can make a database older: none must be burned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: k8s/README.md ('How a rollout works') says old replicas keep serving during a rollout "
-    "(maxUnavailable: 0) until the new ones are verified, but base/config.env leaves "
-    "DBINIT_ALLOW_AHEAD=false: once the new release's Job migrates, every old replica's /readyz "
-    "answers 503 (E004, revision unknown to its image) and they all leave the Service within "
-    "readinessProbe failureThreshold x periodSeconds (15 s), whether or not a new replica is Ready",
-)
 def test_old_replicas_keep_serving_after_the_next_release_migrates(
     tools: manifests.Tools, pg_database: TestDatabase, tmp_path: Path, project: Path, simulate: Any
 ) -> None:

@@ -196,3 +196,18 @@ def test_plain_postgresql_scheme_is_accepted(project: Path, pg_database: TestDat
     plain = pg_database.url.replace("postgresql+asyncpg://", "postgresql://", 1)
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=plain).returncode == 0
     assert run_dbinit("verify", cwd=project, DATABASE_URL=plain).returncode == 0
+
+
+def test_database_ahead_of_this_release(project: Path, database: TestDatabase) -> None:
+    """An older release's job after a newer one: final error, or up to date with allow-ahead."""
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
+    database.sql("UPDATE alembic_version SET version_num = 'feedbeef0099'")  # a newer release's head
+    refused = run_dbinit("migrate", cwd=project, DATABASE_URL=database.url)
+    assert refused.returncode == 2, refused.output
+    assert "feedbeef0099, which this release's migrations do not contain" in refused.stderr
+    assert "DBINIT_ALLOW_AHEAD" in refused.stderr
+    allowed = run_dbinit("migrate", "--format", "json", cwd=project, DATABASE_URL=database.url,
+                         DBINIT_ALLOW_AHEAD="true")
+    assert allowed.returncode == 0, allowed.output
+    assert json.loads(allowed.stdout)["action"] == "up_to_date"
+    assert database.versions() == {"feedbeef0099"}  # untouched
