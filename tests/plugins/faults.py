@@ -1,0 +1,438 @@
+"""Faults for the safety tests: processes to signal, a proxy to pull, a server that checks passwords.
+
+- :class:`Spawned` runs ``python -m dbinit ...`` with its output in files, so a test
+  can read the log while the process runs, signal it, and collect it at the end.
+- :class:`RestartableProxy` is a TCP proxy in front of the test server on a fixed
+  port: :meth:`~RestartableProxy.stop` makes the port refuse connections (and drops
+  the open ones), :meth:`~RestartableProxy.start` brings it back on the same port;
+  with ``cut_on_query`` it accepts the connection and the login, then drops it when
+  the first statement arrives (a server that dies under a running query).
+- :class:`PgWatch` is a plain psycopg session on the test database that looks at
+  ``pg_stat_activity`` / ``pg_locks`` and can hold locks for as long as a test needs.
+- ``scram_server``: a throwaway PostgreSQL with ``scram-sha-256`` authentication
+  (the other servers trust everyone, so a wrong password would connect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from dbinit.lock import lock_key
+from dbinit.urls import DatabaseURL
+from tests.plugins.databases import SECRET, Result, clean_env
+
+# -- waiting, bounded ---------------------------------------------------------------
+
+
+def eventually(predicate: Callable[[], Any], *, within: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within:g}s: {what}")
+        time.sleep(every)
+
+
+def password_forms(password: str = SECRET) -> list[str]:
+    """Every way a password could leak: clear, percent-encoded (both ways), and SECRET."""
+    return sorted({SECRET, password, quote(password, safe=""), quote(password), quote(password).lower()})
+
+
+def assert_no_password(output: str, password: str = SECRET) -> None:
+    for form in password_forms(password):
+        assert form not in output, f"password form {form!r} leaked:\n{output}"
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+class Spawned:
+    """``python -m dbinit ARGS`` running in the background, its output in files."""
+
+    def __init__(self, args: tuple[str, ...], cwd: Path, env: dict[str, str], logs: Path) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        self.args = args
+        self._out = logs / "stdout"
+        self._err = logs / "stderr"
+        with self._out.open("w") as out, self._err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dbinit", *args],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        return self._err.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self._out.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, signum: int) -> float:
+        """Send a signal; returns the monotonic time it was sent."""
+        self.proc.send_signal(signum)
+        return time.monotonic()
+
+    def finish(self, within: float) -> Result:
+        """Wait (bounded) for the exit; a process still running after ``within`` s fails the test."""
+        try:
+            self.proc.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"dbinit {' '.join(self.args)} still running after {within:g}s\n"
+                f"stdout:\n{self.stdout()}\nstderr:\n{self.stderr()}"
+            ) from None
+        return Result(self.proc.returncode, self.stdout(), self.stderr())
+
+
+class Spawner:
+    """Starts :class:`Spawned` processes for one test and kills any left at the end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.spawned: list[Spawned] = []
+
+    def __call__(self, *args: str, cwd: Path, **settings: str) -> Spawned:
+        process = Spawned(args, cwd, clean_env(**settings), self.logs / f"p{len(self.spawned)}")
+        self.spawned.append(process)
+        return process
+
+    def cleanup(self) -> None:
+        for process in self.spawned:
+            if process.running():
+                process.proc.send_signal(signal.SIGKILL)
+                process.proc.wait(10)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawner]:
+    spawner = Spawner(tmp_path / "logs")
+    try:
+        yield spawner
+    finally:
+        spawner.cleanup()
+
+
+# -- looking at (and holding locks in) a PostgreSQL database -------------------------
+
+
+def dbinit_lock_ids(schema: str = "public", version_table: str = "alembic_version") -> tuple[int, int]:
+    """(classid, objid) of dbinit's migration lock as ``pg_locks`` shows it."""
+    key = lock_key(schema, version_table)
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+
+class PgWatch:
+    """An autocommit psycopg session on one database: look at activity and locks, hold locks."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.connection = psycopg.connect(DatabaseURL.parse(url).asyncpg_dsn(), autocommit=True)
+        self.classid, self.objid = dbinit_lock_ids()
+
+    def rows(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(statement, params or None)
+            return cursor.fetchall() if cursor.description else []
+
+    def running(self, fragment: str) -> list[tuple[int, str]]:
+        """(pid, application_name) of the other sessions running a query containing ``fragment``."""
+        return [
+            (int(pid), str(name))
+            for pid, name in self.rows(
+                "SELECT pid, application_name FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND state = 'active' AND position(%s in query) > 0",
+                fragment,
+            )
+        ]
+
+    def sessions(self, prefix: str) -> list[tuple[int, str]]:
+        """(pid, application_name) of the sessions on this database whose name starts with ``prefix``."""
+        return [
+            (int(pid), str(name))
+            for pid, name in self.rows(
+                "SELECT pid, application_name FROM pg_stat_activity "
+                "WHERE datname = current_database() AND starts_with(application_name, %s)",
+                prefix,
+            )
+        ]
+
+    def migration_lock_rows(self) -> list[tuple[int, bool, str]]:
+        """(pid, granted, holder's application_name) of dbinit's advisory lock rows (held or awaited)."""
+        return [
+            (int(pid), bool(granted), str(name))
+            for pid, granted, name in self.rows(
+                "SELECT l.pid, l.granted, coalesce(a.application_name, '') FROM pg_locks l "
+                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                self.classid,
+                self.objid,
+            )
+        ]
+
+    def advisory_waiters(self, key: int) -> int:
+        """Sessions waiting (not granted) for the single-bigint advisory lock ``key``."""
+        return int(
+            self.rows(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 "
+                "AND objid = %s AND objsubid = 1 AND NOT granted",
+                key,
+            )[0][0]
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@contextlib.contextmanager
+def pg_watch(url: str) -> Iterator[PgWatch]:
+    watch = PgWatch(url)
+    try:
+        yield watch
+    finally:
+        watch.close()
+
+
+# -- a proxy that can be pulled out and put back -------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RestartableProxy:
+    """A TCP proxy on 127.0.0.1:``port`` in front of a PostgreSQL server (TCP or unix socket)."""
+
+    def __init__(self, upstream: DatabaseURL) -> None:
+        socket_dir = dict(upstream.query).get("host") or (
+            upstream.host if upstream.host and upstream.host.startswith("/") else None
+        )
+        self._upstream = (upstream.host or "127.0.0.1", upstream.port or 5432, socket_dir)
+        self.port = free_port()
+        self.cut_on_query = False
+        self.connections = 0
+        self.cut = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    def start(self) -> None:
+        async def listen() -> None:
+            self._server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, family=socket.AF_INET, reuse_address=True
+            )
+
+        self._call(listen())
+
+    def stop(self) -> None:
+        """Refuse new connections and drop the open ones (a server that went away)."""
+
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(close())
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        host, port, socket_dir = self._upstream
+        try:
+            if socket_dir:
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def backend_to_client() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await up_reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        pump = asyncio.ensure_future(backend_to_client())
+        try:
+            while True:  # untyped: SSL/GSS requests, then the startup packet
+                header = await reader.readexactly(8)
+                length, code = struct.unpack("!ii", header)
+                body = await reader.readexactly(length - 8)
+                up_writer.write(header + body)
+                await up_writer.drain()
+                if code not in (80877103, 80877104):
+                    break
+            while True:  # typed messages
+                header = await reader.readexactly(5)
+                (length,) = struct.unpack("!i", header[1:])
+                body = await reader.readexactly(length - 4)
+                if self.cut_on_query and header[:1] in (b"Q", b"P"):
+                    self.cut += 1
+                    writer.transport.abort()
+                    up_writer.transport.abort()
+                    break
+                up_writer.write(header + body)
+                await up_writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            up_writer.close()
+            await asyncio.gather(pump, return_exceptions=True)
+            self._writers.discard(writer)
+            self._writers.discard(up_writer)
+
+    def url_for(self, database_url: str, *, password: str | None = None) -> str:
+        """``database_url`` re-pointed at this proxy (TCP, 127.0.0.1:port)."""
+        parsed = DatabaseURL.parse(database_url)
+        parsed = dataclasses.replace(
+            parsed,
+            host="127.0.0.1",
+            port=self.port,
+            query=tuple((k, v) for k, v in parsed.query if k != "host"),
+            password=password if password is not None else parsed.password,
+        )
+        return parsed.for_sqlalchemy(async_driver=True)
+
+
+@contextlib.contextmanager
+def restartable_proxy(upstream_url: str) -> Iterator[RestartableProxy]:
+    proxy = RestartableProxy(DatabaseURL.parse(upstream_url))
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+# -- a server that checks passwords ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScramServer:
+    """A PostgreSQL on 127.0.0.1:``port`` where the superuser logs in with ``password``."""
+
+    port: int
+    password: str
+
+    def url(self, *, password: str, database: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql+asyncpg://{user}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
+
+
+def _run_pg(binary: Path, args: list[str], user: str | None, logs: Path) -> None:
+    """Run a PostgreSQL binary (as ``user``), output in files (pg_ctl's children keep pipes open)."""
+    with (logs / f"{binary.name}.out").open("w") as out:
+        completed = subprocess.run(
+            [str(binary), *args], stdout=out, stderr=subprocess.STDOUT, user=user, timeout=60, check=False
+        )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{binary.name} failed:\n{(logs / f'{binary.name}.out').read_text()}")
+
+
+@pytest.fixture(scope="session")
+def scram_server() -> Iterator[ScramServer]:
+    """A throwaway server with ``--auth=scram-sha-256`` from the pgserver wheel's binaries.
+
+    As root, PostgreSQL refuses to run: initdb and pg_ctl then run as the
+    unprivileged ``pgserver`` user, as pgserver itself does.
+    """
+    with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set (pgserver's import)
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+    password = f"sup3r-{SECRET}"
+    base = Path(tempfile.mkdtemp(prefix="dbinit-scram-"))
+    data = base / "data"
+    pwfile = base / "pwfile"
+    pwfile.write_text(password + "\n")
+    user = None
+    if os.geteuid() == 0:
+        import pwd
+        import stat
+
+        user = "pgserver"
+        entry = ensure_user_exists(user)
+        assert entry is not None
+        ensure_prefix_permissions(base)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        for path in (base, pwfile):
+            os.chown(path, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    _run_pg(
+        POSTGRES_BIN_PATH / "initdb",
+        ["-D", str(data), "-U", "postgres", "--auth=scram-sha-256", f"--pwfile={pwfile}",
+         "--encoding=utf8", "--no-sync"],
+        user,
+        base,
+    )
+    port = free_port()
+    pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
+    _run_pg(
+        pg_ctl,
+        ["-D", str(data), "-w", "-t", "30", "-l", str(base / "server.log"),
+         "-o", f"-h 127.0.0.1 -p {port} -k {base}", "start"],
+        user,
+        base,
+    )
+    try:
+        yield ScramServer(port, password)
+    finally:
+        with contextlib.suppress(Exception):
+            _run_pg(pg_ctl, ["-D", str(data), "-m", "immediate", "stop"], user, base)
+        shutil.rmtree(base, ignore_errors=True)
