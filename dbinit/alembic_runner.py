@@ -136,41 +136,70 @@ def upgrade(
 
 @contextlib.contextmanager
 def session_settings(settings: Settings, control: RunControl | None) -> Iterator[None]:
-    """Tag and bound every PostgreSQL session Alembic opens (SQLAlchemy pool event).
+    """Set up every session Alembic opens (SQLAlchemy class-level events).
 
-    ``application_name`` lets a signal cancel the running statement;
-    ``DBINIT_STATEMENT_TIMEOUT`` / ``DBINIT_DDL_LOCK_TIMEOUT`` become
-    ``statement_timeout`` / ``lock_timeout``, so a migration cannot block
-    production traffic indefinitely behind a lock. Set only here, after the
-    migration lock is held (a ``lock_timeout`` would also cut the advisory
-    lock wait).
+    PostgreSQL: ``application_name`` lets a signal cancel the running
+    statement; ``DBINIT_STATEMENT_TIMEOUT`` / ``DBINIT_DDL_LOCK_TIMEOUT``
+    become ``statement_timeout`` / ``lock_timeout``, so a migration cannot
+    block production traffic indefinitely behind a lock (set only here, after
+    the migration lock is held: a ``lock_timeout`` would also cut the advisory
+    lock wait); ``client_connection_check_interval`` and TCP keepalives make
+    the server end a killed job's session (and its locks) within seconds.
+
+    SQLite: the driver's own transaction handling commits DDL at once; dbinit
+    takes over (SQLAlchemy's documented recipe: no implicit transactions,
+    ``BEGIN`` when SQLAlchemy begins), so a revision's DDL rolls back with it.
     """
-    if settings.url.is_sqlite:
-        yield
-        return
     from sqlalchemy import event
+    from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
-    statements = []
-    if control is not None:
-        statements.append(f"SET application_name = '{control.session_tag}'")
-    if settings.statement_timeout:
-        statements.append(f"SET statement_timeout = '{int(settings.statement_timeout * 1000)}ms'")
-    if settings.ddl_lock_timeout:
-        statements.append(f"SET lock_timeout = '{int(settings.ddl_lock_timeout * 1000)}ms'")
+    if settings.url.is_sqlite:
 
-    def on_connect(dbapi_connection: Any, record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        for statement in statements:
-            cursor.execute(statement)
-        cursor.close()
-        dbapi_connection.commit()
+        def sqlite_connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None
 
-    event.listen(Pool, "connect", on_connect)
+        def sqlite_begin(connection: Any) -> None:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN")
+
+        listeners = [(Pool, "connect", sqlite_connect), (Engine, "begin", sqlite_begin)]
+    else:
+        statements = [
+            "SET tcp_keepalives_idle = 30",
+            "SET tcp_keepalives_interval = 10",
+            "SET tcp_keepalives_count = 3",
+            # PostgreSQL 14+: notice a vanished client even while a statement runs
+            "SELECT set_config('client_connection_check_interval', '5s', false) "
+            "WHERE current_setting('server_version_num')::int >= 140000",
+        ]
+        if control is not None:
+            statements.append(f"SET application_name = '{control.session_tag}'")
+        if settings.statement_timeout:
+            statements.append(f"SET statement_timeout = '{_milliseconds(settings.statement_timeout)}ms'")
+        if settings.ddl_lock_timeout:
+            statements.append(f"SET lock_timeout = '{_milliseconds(settings.ddl_lock_timeout)}ms'")
+
+        def postgres_connect(dbapi_connection: Any, record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.close()
+            dbapi_connection.commit()
+
+        listeners = [(Pool, "connect", postgres_connect)]
+    for target, name, function in listeners:
+        event.listen(target, name, function)
     try:
         yield
     finally:
-        event.remove(Pool, "connect", on_connect)
+        for target, name, function in listeners:
+            event.remove(target, name, function)
+
+
+def _milliseconds(seconds: float) -> int:
+    """At least 1 ms: 0 would switch the timeout off."""
+    return max(1, round(seconds * 1000))
 
 
 def offline_sql(
@@ -194,7 +223,9 @@ def migration_error(
     """A :class:`MigrationFailed` naming the revision and the database's error."""
     orig = getattr(exc, "orig", None)
     if orig is not None:
-        reason = f"{type(orig).__name__}: {str(orig).strip().splitlines()[0]}"
+        # SQLAlchemy's asyncpg adapter wraps the driver's error: name the real one
+        named = orig.__cause__ if type(orig).__name__ == "Error" and orig.__cause__ else orig
+        reason = f"{type(named).__name__}: {str(orig).strip().splitlines()[0]}"
         statement = getattr(exc, "statement", None)
         if statement:
             short = " ".join(str(statement).split())

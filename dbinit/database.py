@@ -121,6 +121,23 @@ def parse_postgres_state(line: str) -> DatabaseState:
     return postgres_state(version, schema, int(count), exists == "t", None if versions == r"\N" else versions)
 
 
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    """What a dropped connection or a query timeout raises from asyncpg."""
+    import asyncpg
+
+    return (
+        OSError,
+        TimeoutError,
+        asyncio.TimeoutError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.QueryCanceledError,
+    )
+
+
 class PostgresProbe:
     """One asyncpg connection, read-only by session default."""
 
@@ -165,22 +182,35 @@ class PostgresProbe:
         import asyncpg
 
         try:
-            await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
-        except asyncpg.UndefinedTableError:
-            chunks.clear()
-            await self._connection.copy_from_query(self._fallback, output=sink, timeout=self._timeout)
+            try:
+                await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
+            except asyncpg.UndefinedTableError:
+                chunks.clear()
+                await self._connection.copy_from_query(self._fallback, output=sink, timeout=self._timeout)
+        except _lost_errors() as exc:
+            raise self._lost(exc) from None
         return parse_postgres_state(b"".join(chunks).decode())
 
     async def _read_prepared(self) -> DatabaseState:
         import asyncpg
 
         try:
-            row = await self._connection.fetchrow(self._query, timeout=self._timeout)
-        except asyncpg.UndefinedTableError:
-            row = await self._connection.fetchrow(self._fallback, timeout=self._timeout)
+            try:
+                row = await self._connection.fetchrow(self._query, timeout=self._timeout)
+            except asyncpg.UndefinedTableError:
+                row = await self._connection.fetchrow(self._fallback, timeout=self._timeout)
+        except _lost_errors() as exc:
+            raise self._lost(exc) from None
         assert row is not None
         version, schema, count, exists, versions = row
         return postgres_state(version, schema, int(count), bool(exists), versions)
+
+    def _lost(self, exc: BaseException) -> DatabaseUnreachable:
+        return DatabaseUnreachable(
+            f"connection to the database lost during verification: {describe_connect_error(exc)}",
+            hint="The server restarted or failed over, or DBINIT_VERIFY_TIMEOUT was hit; "
+            "a retry reconnects",
+        )
 
     async def close(self) -> None:
         await self._connection.close(timeout=2)

@@ -24,12 +24,16 @@ if TYPE_CHECKING:
     from dbinit.settings import Settings
 
 
-def probe_options(settings: Settings, purpose: str, *, long_lived: bool = False) -> ProbeOptions:
+def probe_options(
+    settings: Settings, purpose: str, *, long_lived: bool = False, budget: float | None = None
+) -> ProbeOptions:
+    """Connection options; ``budget`` (seconds left to a deadline) caps both timeouts."""
+    cap = max(budget, 0.05) if budget is not None else None
     return ProbeOptions(
         schema=settings.db_schema,
         version_table=settings.version_table,
-        connect_timeout=settings.connect_timeout,
-        query_timeout=settings.verify_timeout,
+        connect_timeout=min(settings.connect_timeout, cap) if cap else settings.connect_timeout,
+        query_timeout=min(settings.verify_timeout, cap) if cap else settings.verify_timeout,
         application_name=f"dbinit-{purpose}:{settings.service}",
         long_lived=long_lived,
     )
@@ -39,9 +43,11 @@ def read_scripts(settings: Settings) -> MigrationScripts:
     return read_migration_scripts(settings.alembic_ini, settings.migrations_dir)
 
 
-async def read_state(settings: Settings, purpose: str = "verify") -> DatabaseState:
+async def read_state(
+    settings: Settings, purpose: str = "verify", budget: float | None = None
+) -> DatabaseState:
     """Connect, read the state in one round trip, disconnect."""
-    probe = await open_probe(settings.url, probe_options(settings, purpose))
+    probe = await open_probe(settings.url, probe_options(settings, purpose, budget=budget))
     try:
         return await probe.read_state()
     finally:
@@ -59,12 +65,14 @@ async def verify(
     fail_level: Level = Level.ERROR,
     notify: bool = True,
     quiet: bool = False,
+    budget: float | None = None,
 ) -> VerifyReport:
     """Run ``checks`` (default: all registered) and return the report.
 
     ``scripts`` and ``probe`` let a long-lived caller (the ASGI integration)
     read the migrations once and keep one connection; ``quiet`` (its
-    readiness re-checks) logs nothing: the caller logs changes. Raises
+    readiness re-checks) logs nothing: the caller logs changes. ``budget``
+    caps the connect and query timeouts (``wait``'s deadline). Raises
     :class:`DatabaseUnreachable` if the database cannot be reached.
     """
     started = time.perf_counter()
@@ -87,7 +95,7 @@ async def verify(
         if probe is not None:
             state = await probe.read_state()
         else:
-            state = await read_state(settings)
+            state = await read_state(settings, budget=budget)
         if not quiet:
             log.info(
                 "Database state checked",

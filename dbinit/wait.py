@@ -45,9 +45,12 @@ async def wait_for_database(settings: Settings, log: FilteringBoundLogger, timeo
     while True:
         attempt += 1
         try:
-            probe = await open_probe(settings.url, probe_options(settings, "wait"))
-            await probe.read_state()
-            await probe.close()
+            budget = deadline - time.monotonic()
+            probe = await open_probe(settings.url, probe_options(settings, "wait", budget=budget))
+            try:
+                await probe.read_state()
+            finally:
+                await probe.close()
             log.info("Database is accepting connections", attempt=attempt)
             return attempt
         except DatabaseUnreachable as exc:
@@ -79,7 +82,9 @@ async def wait_until_verified(
     while True:
         attempt += 1
         try:
-            report = await verify(settings, registry, log, scripts=scripts)
+            report = await verify(
+                settings, registry, log, scripts=scripts, budget=deadline - time.monotonic()
+            )
             if report.ok:
                 log.info("Database verified: ready", attempt=attempt)
                 return report

@@ -30,7 +30,7 @@ Issue 4's table, situation -> test (``::`` = another module):
 - server restarted in the middle of ``wait`` ->
   test_wait_until_verified_recovers_when_the_server_comes_back, test_connection_dropped_under_a_query
 
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` show product bugs found here.
+Every row of the table has a test here; the bugs these tests found are fixed (see CHANGELOG).
 """
 
 from __future__ import annotations
@@ -377,12 +377,6 @@ def test_sigterm_on_sqlite_stops_at_the_migration_boundary(
     no_lock_left(database)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on SQLite a revision's DDL is not in its transaction (pysqlite/aiosqlite legacy "
-    "transaction control commits DDL at once; dbinit/alembic_runner.py session_settings does "
-    "nothing for SQLite): after SIGTERM (\"rolled back\") the table stays and the rerun fails",
-)
 def test_sigterm_on_sqlite_rolls_back_the_revisions_ddl(
     project: Path, sqlite_database: TestDatabase, spawn: Spawner
 ) -> None:
@@ -441,14 +435,6 @@ def test_sigkill_then_rerun_converges(project: Path, database: TestDatabase, spa
     no_lock_left(database)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the migration sessions (dbinit/alembic_runner.py session_settings) get no "
-    "client_connection_check_interval, only the lock connection does: after SIGKILL the "
-    "orphaned backend keeps running its statement and holding its locks (here ACCESS "
-    "EXCLUSIVE on products) until the statement ends, while a rerun already holds the "
-    "migration lock",
-)
 def test_sigkill_leaves_no_orphaned_migration_session(
     project: Path, pg_database: TestDatabase, spawn: Spawner
 ) -> None:
@@ -644,11 +630,6 @@ def test_wrong_password_is_exit_3_authentication_failed(
     assert_no_password(right.output, scram_server.password)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dbinit/wait.py does not bound an attempt by the time left: each connection "
-    "attempt may take the whole DBINIT_CONNECT_TIMEOUT (default 5 s) past `--timeout`",
-)
 def test_wait_timeout_bounds_a_hanging_connection_attempt(
     project: Path, blackhole: int, spawn: Spawner
 ) -> None:
@@ -699,12 +680,6 @@ def test_wait_until_verified_recovers_when_the_server_comes_back(
     "command",
     [("wait", "--until-verified", "--timeout", "60"), ("wait", "--timeout", "60"), ("verify",)],
     ids=["wait-until-verified", "wait", "verify"],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dbinit/database.py PostgresProbe.read_state maps no error to DatabaseUnreachable: "
-    "a connection lost after login (server restart, failover) escapes as "
-    "ConnectionDoesNotExistError/ConnectionResetError -> exit 1 (internal error) and `wait` stops retrying",
 )
 def test_connection_dropped_under_a_query(
     project: Path, pg_database: TestDatabase, spawn: Spawner, command: tuple[str, ...]
