@@ -210,6 +210,7 @@ def test_load_settings_precedence(workdir: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SERVICE_NAME", "env")
     monkeypatch.setenv("DBINIT_LOCK_TIMEOUT", "13")
     monkeypatch.setenv("ENVIRONMENT", "PRODUCTION")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db/orders")  # production has no default
     settings = load_settings()
     assert (settings.service, settings.lock_timeout) == ("env", 13)
     assert settings.is_production
