@@ -25,20 +25,22 @@ class DatabaseState:
     """What the database looks like, from one round trip.
 
     ``table_count`` counts the tables in the target schema, the version table
-    included; ``versions`` are the rows of the version table (one per head).
+    included (None when a readiness re-check only asked whether there are
+    any: counting scans the catalog); ``versions`` are the rows of the
+    version table (one per head).
     """
 
     backend: str
     server_version: str
     schema: str
-    table_count: int
+    table_count: int | None
     version_table_exists: bool
     versions: tuple[str, ...]
     database_exists: bool = True
 
     @property
     def is_empty(self) -> bool:
-        return self.table_count == 0
+        return self.table_count == 0  # None: there are tables, not counted
 
     @property
     def current_revision(self) -> str | None:
@@ -47,9 +49,14 @@ class DatabaseState:
 
 
 class Probe(Protocol):
-    """An open connection that can read the state again (readiness re-checks)."""
+    """An open connection that can read the state again (readiness re-checks).
 
-    async def read_state(self) -> DatabaseState: ...
+    ``count_tables=False`` asks only whether the schema has tables (an
+    ``EXISTS``), not how many: on PostgreSQL a count scans ``pg_class``,
+    which with thousands of tables costs more than the round trip.
+    """
+
+    async def read_state(self, *, count_tables: bool = True) -> DatabaseState: ...
 
     async def close(self) -> None: ...
 
@@ -75,7 +82,9 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def postgres_state_query(schema: str | None, version_table: str, *, with_versions: bool = True) -> str:
+def postgres_state_query(
+    schema: str | None, version_table: str, *, with_versions: bool = True, count_tables: bool = True
+) -> str:
     """The single statement: server version, schema, table count, version rows.
 
     It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
@@ -94,22 +103,23 @@ def postgres_state_query(schema: str | None, version_table: str, *, with_version
         if with_versions
         else "false, NULL"
     )
-    return f"""SELECT current_setting('server_version'), {schema_sql},
-       (SELECT count(*) FROM pg_catalog.pg_class c
+    tables = f"""FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = {schema_sql} AND c.relkind IN ('r', 'p')),
-       {versions}"""
+         WHERE n.nspname = {schema_sql} AND c.relkind IN ('r', 'p')"""
+    # -1: "there are tables", not counted
+    count = f"(SELECT count(*) {tables})" if count_tables else f"(SELECT -EXISTS(SELECT 1 {tables})::int)"
+    return f"""SELECT current_setting('server_version'), {schema_sql}, {count}, {versions}"""
 
 
 def postgres_state(
     version: str, schema: str, count: int, exists: bool, versions: str | None
 ) -> DatabaseState:
-    """The state from the statement's five columns."""
+    """The state from the statement's five columns (a count of -1: tables, not counted)."""
     return DatabaseState(
         backend="postgresql",
         server_version=version,
         schema=schema,
-        table_count=count,
+        table_count=None if count < 0 else count,
         version_table_exists=exists,
         versions=tuple(versions.split()) if versions else (),
     )
@@ -144,8 +154,14 @@ class PostgresProbe:
     def __init__(self, connection: asyncpg.Connection, options: ProbeOptions) -> None:
         self._connection = connection
         self._long_lived = options.long_lived
-        self._query = postgres_state_query(options.schema, options.version_table)
-        self._fallback = postgres_state_query(options.schema, options.version_table, with_versions=False)
+        # (count_tables, with_versions) -> statement
+        self._queries = {
+            (count, versions): postgres_state_query(
+                options.schema, options.version_table, with_versions=versions, count_tables=count
+            )
+            for count in (True, False)
+            for versions in (True, False)
+        }
         self._timeout = options.query_timeout
 
     @classmethod
@@ -171,9 +187,10 @@ class PostgresProbe:
             ) from None
         return cls(connection, options)
 
-    async def read_state(self) -> DatabaseState:
+    async def read_state(self, *, count_tables: bool = True) -> DatabaseState:
+        query, fallback = self._queries[count_tables, True], self._queries[count_tables, False]
         if self._long_lived:
-            return await self._read_prepared()
+            return await self._read_prepared(query, fallback)
         chunks: list[bytes] = []
 
         async def sink(data: bytes) -> None:
@@ -183,22 +200,22 @@ class PostgresProbe:
 
         try:
             try:
-                await self._connection.copy_from_query(self._query, output=sink, timeout=self._timeout)
+                await self._connection.copy_from_query(query, output=sink, timeout=self._timeout)
             except asyncpg.UndefinedTableError:
                 chunks.clear()
-                await self._connection.copy_from_query(self._fallback, output=sink, timeout=self._timeout)
+                await self._connection.copy_from_query(fallback, output=sink, timeout=self._timeout)
         except _lost_errors() as exc:
             raise self._lost(exc) from None
         return parse_postgres_state(b"".join(chunks).decode())
 
-    async def _read_prepared(self) -> DatabaseState:
+    async def _read_prepared(self, query: str, fallback: str) -> DatabaseState:
         import asyncpg
 
         try:
             try:
-                row = await self._connection.fetchrow(self._query, timeout=self._timeout)
+                row = await self._connection.fetchrow(query, timeout=self._timeout)
             except asyncpg.UndefinedTableError:
-                row = await self._connection.fetchrow(self._fallback, timeout=self._timeout)
+                row = await self._connection.fetchrow(fallback, timeout=self._timeout)
         except _lost_errors() as exc:
             raise self._lost(exc) from None
         assert row is not None
@@ -227,7 +244,7 @@ class SqliteProbe:
     async def connect(cls, url: DatabaseURL, options: ProbeOptions) -> SqliteProbe:
         return cls(url, options)
 
-    async def read_state(self) -> DatabaseState:
+    async def read_state(self, *, count_tables: bool = True) -> DatabaseState:
         import sqlite3
 
         path = self._url.sqlite_path

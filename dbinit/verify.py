@@ -93,7 +93,7 @@ async def verify(
     state = None
     if any(c.requires_database for c in selected):
         if probe is not None:
-            state = await probe.read_state()
+            state = await probe.read_state(count_tables=not quiet)
         else:
             state = await read_state(settings, budget=budget)
         if not quiet:

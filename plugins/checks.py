@@ -65,7 +65,8 @@ def database_not_empty(facts: Facts) -> Iterator[CheckMessage]:
             id="dbinit.E002",
         )
     else:
-        yield Info(f"{state.table_count} tables in schema {state.schema!r}", id="dbinit.E002")
+        count = "Tables" if state.table_count is None else f"{state.table_count} tables"
+        yield Info(f"{count} in schema {state.schema!r}", id="dbinit.E002")
 
 
 @check("dbinit.E003", "alembic_table_present", tags=("database",), requires=("dbinit.E002",))
@@ -76,7 +77,7 @@ def alembic_table_present(facts: Facts) -> Iterator[CheckMessage]:
     if not state.version_table_exists:
         yield Error(
             f"Table {table!r} is missing from schema {state.schema!r}, "
-            f"which has {state.table_count} other tables",
+            f"which has {'some' if state.table_count is None else state.table_count} other tables",
             hint="The tables were not created by Alembic (create_all?) or DBINIT_SCHEMA / "
             "DBINIT_VERSION_TABLE are wrong. Run the migration job; if the schema already "
             "matches the migrations, record it with `alembic stamp head`.",
