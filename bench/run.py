@@ -106,16 +106,48 @@ structlog.get_logger().info("floor done", service=settings.service_name)
 """
 
 
+ASGI_PLAIN = """
+import asyncio
+from fastapi import FastAPI
+app = FastAPI()
+async def main():
+    inbox = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    sent = []
+    async def send(message):
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            await inbox.put({"type": "lifespan.shutdown"})
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"], sent
+asyncio.run(main())
+"""
+
+# The same app with the three dbinit lines: startup verifies the database.
+ASGI_DBINIT = ASGI_PLAIN.replace(
+    "app = FastAPI()",
+    "from dbinit.asgi import DatabaseGate\n"
+    "gate = DatabaseGate()\n"
+    "app = FastAPI(lifespan=gate.lifespan())\n"
+    "app.add_middleware(gate.middleware)",
+)
+
+
 @dataclasses.dataclass
 class Measure:
     name: str
     seconds: list[float]
     peak_kib: int
     statements: int | None = None
+    cpu_seconds: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.seconds) * 1000
+
+    @property
+    def cpu_ms(self) -> float:
+        return statistics.median(self.cpu_seconds) * 1000
 
     @property
     def spread_ms(self) -> str:
@@ -125,14 +157,14 @@ class Measure:
         return f"{q1:.0f}-{q3:.0f}"
 
 
-def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, int]:
-    """Wall time, peak RSS (KiB) and exit code of one process."""
+def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int, int]:
+    """Wall time, CPU time (user + system), peak RSS (KiB) and exit code of one process."""
     started = time.perf_counter()
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    return elapsed, usage.ru_maxrss, process.returncode
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, process.returncode
 
 
 def measure_round_robin(
@@ -145,10 +177,11 @@ def measure_round_robin(
         run_timed(argv, cwd, env)  # warm the page cache
     for _ in range(runs):
         for name, (argv, cwd) in commands.items():
-            elapsed, peak, code = run_timed(argv, cwd, env)
+            elapsed, cpu, peak, code = run_timed(argv, cwd, env)
             if code != 0:
                 raise SystemExit(f"{name} exited {code}: {' '.join(argv)}")
             measures[name].seconds.append(elapsed)
+            measures[name].cpu_seconds.append(cpu)
             measures[name].peak_kib = max(measures[name].peak_kib, peak)
     return list(measures.values())
 
@@ -305,18 +338,24 @@ def main() -> None:
                 "alembic upgrade head": ([str(BIN / "alembic"), "upgrade", "head"], project),
                 "bare floor": ([str(BIN / "python"), "-c", BARE_FLOOR], project),
                 "stack floor": ([str(BIN / "python"), "-c", STACK_FLOOR], project),
+                "FastAPI app, lifespan": ([str(BIN / "python"), "-c", ASGI_PLAIN], project),
+                "same app + dbinit lifespan": ([str(BIN / "python"), "-c", ASGI_DBINIT], project),
             }
             print(f"[{size}] timing {', '.join(commands)} ({options.runs} rounds)…", flush=True)
             measures = measure_round_robin(commands, run_env, options.runs)
             for result in measures:
                 argv, cwd = commands[result.name]
-                if result.name.startswith("alembic"):
+                if result.name.startswith(("FastAPI", "same app")):
+                    result.statements = None
+                elif result.name.startswith("alembic"):
                     # alembic reads the URL from alembic.ini: point it at the proxy there
                     result.statements = _alembic_statements(argv, cwd, run_env, target)
                 elif result.name.endswith("floor"):
                     result.statements = count_statements(argv, cwd, run_env, target, "FLOOR_DSN", dsn=True)
                 else:
                     result.statements = count_statements(argv, cwd, run_env, target, "DATABASE_URL")
+            if size == sizes[0]:
+                IMPORT_PROFILE[:] = import_profile(project, run_env)
             print(f"[{size}] in-process…", flush=True)
             inproc = asyncio.run(in_process(project, url, 200))
             os.chdir(ROOT)
@@ -334,7 +373,7 @@ def _make_venv(work: Path) -> Path:
     venv = work / "venv"
     print("building the bench virtualenv (regular install of this checkout)...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[example]"], check=True)
     return venv / "bin"
 
 
@@ -369,6 +408,23 @@ async def _admin(url: DatabaseURL, statement: str) -> str:
         await connection.close()
 
 
+IMPORT_PROFILE: list[tuple[str, float]] = []
+
+
+def import_profile(project: Path, env: dict[str, str]) -> list[tuple[str, float]]:
+    """Self import time per top-level package of one ``dbinit verify`` start."""
+    proc = subprocess.run([str(BIN / "python"), "-X", "importtime", "-m", "dbinit", "verify"],
+                          cwd=project, env=env, capture_output=True, text=True)  # fmt: skip
+    totals: dict[str, float] = {}
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _, name = (part.strip() for part in line[len("import time:") :].split("|"))
+        package = name.split(".")[0]
+        totals[package] = totals.get(package, 0.0) + int(self_us) / 1000
+    return sorted(totals.items(), key=lambda item: item[1], reverse=True)
+
+
 def render(rows: list[tuple[int, list[Measure], tuple[float, float, float]]], runs: int, server: str) -> str:
     lines = [
         "# Benchmark results",
@@ -376,30 +432,42 @@ def render(rows: list[tuple[int, list[Measure], tuple[float, float, float]]], ru
         f"Machine: {machine()}; PostgreSQL {server}. "
         f"Generated by `python bench/run.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{runs} runs per command, whole processes (dbinit installed as a wheel in a fresh "
-        "virtualenv), median and interquartile range. Statements: counted on the wire after "
-        "the connection is open (simple Query + extended Execute messages).",
+        "virtualenv), medians (interquartile range for wall time). This machine is a shared VM "
+        "whose wall times swing by ±20 % from run to run, so ratios and goals use **CPU time** "
+        "(user + system of the process, from `wait4`), which such noise barely moves; wall "
+        "times are shown beside. Statements: counted on the wire after the connection is open "
+        "(simple Query + extended Execute messages).",
         "",
     ]
     goals: list[tuple[str, str, bool]] = []
     verify_by_size: dict[int, float] = {}
     for size, measures, (logged_us, quiet_us, select_us) in rows:
         by = {m.name: m for m in measures}
-        bare, stack = by["bare floor"].median_ms, by["stack floor"].median_ms
+        bare, stack = by["bare floor"].cpu_ms, by["stack floor"].cpu_ms
         verify = by["dbinit verify"]
-        verify_by_size[size] = verify.median_ms
+        verify_by_size[size] = verify.cpu_ms
         lines += [
             f"## {size} revisions",
             "",
-            "| command | median ms | IQR ms | x bare floor | x stack floor | statements | peak MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| command | wall ms | IQR ms | CPU ms | CPU x bare floor | CPU x stack floor | "
+            "statements | peak MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for m in measures:
+            statements = "-" if m.statements is None else m.statements
             lines.append(
-                f"| {m.name} | {m.median_ms:.0f} | {m.spread_ms} | {m.median_ms / bare:.2f} | "
-                f"{m.median_ms / stack:.2f} | {m.statements} | {m.peak_kib / 1024:.1f} |"
+                f"| {m.name} | {m.median_ms:.0f} | {m.spread_ms} | {m.cpu_ms:.0f} | {m.cpu_ms / bare:.2f} | "
+                f"{m.cpu_ms / stack:.2f} | {statements} | {m.peak_kib / 1024:.1f} |"
             )
-        upgrade = by["alembic upgrade head"].median_ms / verify.median_ms
+        upgrade = by["alembic upgrade head"].cpu_ms / verify.cpu_ms
+        plain, gated = by["FastAPI app, lifespan"], by["same app + dbinit lifespan"]
+        asgi = gated.cpu_ms / plain.cpu_ms
         lines += [
+            "",
+            f"- the ASGI integration's startup overhead: the same FastAPI app started and stopped "
+            f"through its lifespan, with the dbinit lifespan / without: **{asgi:.2f}x** "
+            f"in CPU time (+{gated.cpu_ms - plain.cpu_ms:.0f} ms; wall "
+            f"{gated.median_ms / plain.median_ms:.2f}x)",
             "",
             f"- `alembic upgrade head` / `dbinit verify`: **{upgrade:.2f}x**",
             f"- in-process, on an open connection: verification {logged_us:.0f} µs with the seed's "
@@ -445,6 +513,18 @@ def render(rows: list[tuple[int, list[Measure], tuple[float, float, float]]], ru
     if 10 in verify_by_size and 1000 in verify_by_size:
         flat = verify_by_size[1000] / verify_by_size[10]
         goals.append(("flat: verify(1000) / verify(10) <= 1.1", f"{flat:.2f}", flat <= 1.1))
+    if IMPORT_PROFILE:
+        lines += [
+            "## Where the start-up time goes",
+            "",
+            "`python -X importtime -m dbinit verify` (10 revisions), self time summed per top-level "
+            "package, largest first:",
+            "",
+            "| package | ms |",
+            "|---|---:|",
+        ]
+        lines += [f"| {name} | {ms:.1f} |" for name, ms in IMPORT_PROFILE[:15]]
+        lines.append("")
     lines += ["## Goals (issue 6)", "", "| goal | measured | met |", "|---|---:|---|"]
     lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in goals]
     lines.append("")

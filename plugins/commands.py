@@ -1,12 +1,12 @@
 """The built-in management commands: every module of ``dbinit.commands``.
 
-Listed without importing them; a command's module is imported only when it
-runs (as in Django).
+Listed without importing them (a directory listing, not even ``pkgutil``); a
+command's module is imported only when it runs (as in Django).
 """
 
 from __future__ import annotations
 
-import pkgutil
+import os
 
 from dbinit import hookimpl
 
@@ -15,8 +15,10 @@ from dbinit import hookimpl
 def dbinit_commands() -> dict[str, str]:
     from dbinit import commands
 
-    return {
-        info.name: f"dbinit.commands.{info.name}"
-        for info in pkgutil.iter_modules(commands.__path__)
-        if not info.name.startswith("_") and not info.ispkg
+    names = {
+        entry[:-3]
+        for folder in commands.__path__
+        for entry in os.listdir(folder)
+        if entry.endswith(".py") and not entry.startswith("_")
     }
+    return {name: f"dbinit.commands.{name}" for name in sorted(names)}
