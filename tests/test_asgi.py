@@ -205,15 +205,13 @@ def test_starlette_lifespan_failure_never_runs_app_startup(project: Path, databa
 
 
 def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_database: TestDatabase) -> None:
-    from tests.plugins.pgproxy import counting_proxy
-    from tests.test_hot_path import _through_proxy
+    from tests.plugins.pgproxy import pg_proxy
 
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url).returncode == 0
-    url = pg_database.parsed
     clock = FakeClock()
-    with counting_proxy(url.host, url.port, dict(url.query).get("host")) as proxy:
+    with pg_proxy(pg_database.url) as proxy:
         gate = DatabaseGate(
-            _settings(project, _through_proxy(url, proxy.port)),
+            _settings(project, proxy.url_for(pg_database.url)),
             readiness_path="/readyz",
             readiness_cache=5.0,
             clock=clock,

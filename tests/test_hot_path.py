@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -10,25 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from dbinit.urls import DatabaseURL
 from tests.plugins.databases import TestDatabase, clean_env, run_dbinit
-from tests.plugins.pgproxy import counting_proxy
-
-
-def _through_proxy(url: DatabaseURL, port: int) -> str:
-    query = tuple((k, v) for k, v in url.query if k != "host")
-    proxied = dataclasses.replace(url, host="127.0.0.1", port=port, query=query)
-    return proxied.for_sqlalchemy(async_driver=True)
+from tests.plugins.pgproxy import pg_proxy
 
 
 @pytest.mark.parametrize("state", ["migrated", "empty"])
 def test_verify_sends_one_statement(project: Path, pg_database: TestDatabase, state: str) -> None:
-    url = pg_database.parsed
     if state == "migrated":
         assert run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url).returncode == 0
-    socket_dir = dict(url.query).get("host")
-    with counting_proxy(url.host, url.port, socket_dir) as proxy:
-        result = run_dbinit("verify", cwd=project, DATABASE_URL=_through_proxy(url, proxy.port))
+    with pg_proxy(pg_database.url) as proxy:
+        result = run_dbinit("verify", cwd=project, DATABASE_URL=proxy.url_for(pg_database.url))
     if state == "migrated":
         assert result.returncode == 0, result.output
         # one statement, one round trip, simple protocol (no Parse/Bind/Describe)

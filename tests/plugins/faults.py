@@ -2,9 +2,9 @@
 
 - :class:`Spawned` runs ``python -m dbinit ...`` with its output in files, so a test
   can read the log while the process runs, signal it, and collect it at the end.
-- :class:`RestartableProxy` is a TCP proxy in front of the test server on a fixed
-  port: :meth:`~RestartableProxy.stop` makes the port refuse connections (and drops
-  the open ones), :meth:`~RestartableProxy.start` brings it back on the same port;
+- ``restartable_proxy`` (:class:`tests.plugins.pgproxy.PgProxy`) is a TCP proxy in front of
+  the test server on a fixed port: ``stop()`` makes the port refuse connections (and
+  drops the open ones), ``start()`` brings it back on the same port;
   with ``cut_on_query`` it accepts the connection and the login, then drops it when
   the first statement arrives (a server that dies under a running query).
 - :class:`PgWatch` is a plain psycopg session on the test database that looks at
@@ -15,18 +15,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -39,6 +35,7 @@ import pytest
 from dbinit.lock import lock_key
 from dbinit.urls import DatabaseURL
 from tests.plugins.databases import SECRET, Result, clean_env
+from tests.plugins.pgproxy import free_port, pg_proxy
 
 # -- waiting, bounded ---------------------------------------------------------------
 
@@ -233,129 +230,8 @@ def pg_watch(url: str) -> Iterator[PgWatch]:
 # -- a proxy that can be pulled out and put back -------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RestartableProxy:
-    """A TCP proxy on 127.0.0.1:``port`` in front of a PostgreSQL server (TCP or unix socket)."""
-
-    def __init__(self, upstream: DatabaseURL) -> None:
-        socket_dir = dict(upstream.query).get("host") or (
-            upstream.host if upstream.host and upstream.host.startswith("/") else None
-        )
-        self._upstream = (upstream.host or "127.0.0.1", upstream.port or 5432, socket_dir)
-        self.port = free_port()
-        self.cut_on_query = False
-        self.connections = 0
-        self.cut = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def _call(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
-
-    def start(self) -> None:
-        async def listen() -> None:
-            self._server = await asyncio.start_server(
-                self._handle, "127.0.0.1", self.port, family=socket.AF_INET, reuse_address=True
-            )
-
-        self._call(listen())
-
-    def stop(self) -> None:
-        """Refuse new connections and drop the open ones (a server that went away)."""
-
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-                self._server = None
-            for writer in list(self._writers):
-                writer.transport.abort()
-            self._writers.clear()
-
-        self._call(close())
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        host, port, socket_dir = self._upstream
-        try:
-            if socket_dir:
-                up_reader, up_writer = await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
-            else:
-                up_reader, up_writer = await asyncio.open_connection(host, port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def backend_to_client() -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await up_reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        pump = asyncio.ensure_future(backend_to_client())
-        try:
-            while True:  # untyped: SSL/GSS requests, then the startup packet
-                header = await reader.readexactly(8)
-                length, code = struct.unpack("!ii", header)
-                body = await reader.readexactly(length - 8)
-                up_writer.write(header + body)
-                await up_writer.drain()
-                if code not in (80877103, 80877104):
-                    break
-            while True:  # typed messages
-                header = await reader.readexactly(5)
-                (length,) = struct.unpack("!i", header[1:])
-                body = await reader.readexactly(length - 4)
-                if self.cut_on_query and header[:1] in (b"Q", b"P"):
-                    self.cut += 1
-                    writer.transport.abort()
-                    up_writer.transport.abort()
-                    break
-                up_writer.write(header + body)
-                await up_writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            up_writer.close()
-            await asyncio.gather(pump, return_exceptions=True)
-            self._writers.discard(writer)
-            self._writers.discard(up_writer)
-
-    def url_for(self, database_url: str, *, password: str | None = None) -> str:
-        """``database_url`` re-pointed at this proxy (TCP, 127.0.0.1:port)."""
-        parsed = DatabaseURL.parse(database_url)
-        parsed = dataclasses.replace(
-            parsed,
-            host="127.0.0.1",
-            port=self.port,
-            query=tuple((k, v) for k, v in parsed.query if k != "host"),
-            password=password if password is not None else parsed.password,
-        )
-        return parsed.for_sqlalchemy(async_driver=True)
-
-
-@contextlib.contextmanager
-def restartable_proxy(upstream_url: str) -> Iterator[RestartableProxy]:
-    proxy = RestartableProxy(DatabaseURL.parse(upstream_url))
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
+# The restartable proxy is tests.plugins.pgproxy.PgProxy (one proxy for all tests).
+restartable_proxy = pg_proxy
 
 
 # -- a server that checks passwords ---------------------------------------------------

@@ -1,10 +1,13 @@
-"""A PostgreSQL wire-protocol proxy that counts what the client sends.
+"""A PostgreSQL wire-protocol proxy for tests: counts, cuts, goes away and comes back.
 
 It forwards bytes both ways unchanged and parses the frontend stream: the
-untyped startup/SSL request, then typed messages. ``queries`` counts simple
-``Query`` messages, ``executes`` extended-protocol ``Execute`` messages and
-``syncs`` the ``Sync`` messages (each ends a round trip of the extended
-protocol). Used to prove that ``verify`` sends one statement.
+untyped SSL/GSS requests and startup packet, then typed messages.
+``messages`` counts them by type: ``statements`` are simple ``Query`` plus
+extended ``Execute`` messages, ``round_trips`` are ``Query`` plus ``Sync``
+(used to prove that ``verify`` sends one statement). ``stop()`` refuses new
+connections and drops the open ones (a server that went away), ``start()``
+listens again on the same port; ``cut_on_query`` drops a connection as its
+first query arrives (a connection lost after login).
 """
 
 from __future__ import annotations
@@ -12,52 +15,95 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import socket
 import struct
 import threading
 from collections.abc import Iterator
+from typing import Any
+
+from dbinit.urls import DatabaseURL
 
 SSL_REQUEST = 80877103
 GSS_REQUEST = 80877104
 
 
-class CountingProxy:
-    def __init__(
-        self, upstream_host: str | None, upstream_port: int | None, socket_dir: str | None
-    ) -> None:
-        self.upstream = (upstream_host, upstream_port, socket_dir)
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PgProxy:
+    """A TCP proxy on 127.0.0.1:``port`` in front of a PostgreSQL server (TCP or unix socket)."""
+
+    def __init__(self, upstream: DatabaseURL) -> None:
+        socket_dir = dict(upstream.query).get("host") or (
+            upstream.host if upstream.host and upstream.host.startswith("/") else None
+        )
+        self._upstream = (upstream.host or "127.0.0.1", upstream.port or 5432, socket_dir)
+        self.port = free_port()
         self.messages: collections.Counter[str] = collections.Counter()
-        self.port = 0
+        self.connections = 0
+        self.cut_on_query = False
+        self.cut = 0
         self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def statements(self) -> int:
+        return self.messages["Q"] + self.messages["E"]
+
+    @property
+    def round_trips(self) -> int:
+        return self.messages["Q"] + self.messages["S"]
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
 
     def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(10)
+        async def listen() -> None:
+            self._server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, family=socket.AF_INET, reuse_address=True
+            )
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, family=socket.AF_INET)
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
+        self._call(listen())
 
     def stop(self) -> None:
+        """Refuse new connections and drop the open ones (a server that went away)."""
+
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(close())
+
+    def close(self) -> None:
+        self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, port, socket_dir = self.upstream
+        host, port, socket_dir = self._upstream
         if socket_dir:
-            return await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port or 5432}")
-        return await asyncio.open_connection(host, port or 5432)
+            return await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(host, port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await self._open_upstream()
+        self.connections += 1
+        try:
+            up_reader, up_writer = await self._open_upstream()
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
 
         async def backend_to_client() -> None:
             with contextlib.suppress(ConnectionError):
@@ -76,12 +122,17 @@ class CountingProxy:
                 await up_writer.drain()
                 if code not in (SSL_REQUEST, GSS_REQUEST):
                     break
-            while True:
+            while True:  # typed messages
                 header = await reader.readexactly(5)
-                kind = header[:1].decode()
                 (length,) = struct.unpack("!i", header[1:])
                 body = await reader.readexactly(length - 4)
-                self.messages[kind] += 1
+                kind = header[:1]
+                if self.cut_on_query and kind in (b"Q", b"P"):
+                    self.cut += 1
+                    writer.transport.abort()
+                    up_writer.transport.abort()
+                    break
+                self.messages[kind.decode()] += 1
                 up_writer.write(header + body)
                 await up_writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -89,23 +140,28 @@ class CountingProxy:
         finally:
             up_writer.close()
             await asyncio.gather(pump, return_exceptions=True)
+            self._writers.discard(writer)
+            self._writers.discard(up_writer)
 
-    @property
-    def statements(self) -> int:
-        return self.messages["Q"] + self.messages["E"]
-
-    @property
-    def round_trips(self) -> int:
-        return self.messages["Q"] + self.messages["S"]
+    def url_for(self, database_url: str | DatabaseURL, *, password: str | None = None) -> str:
+        """``database_url`` re-pointed at this proxy (TCP, 127.0.0.1:port)."""
+        parsed = DatabaseURL.parse(database_url) if isinstance(database_url, str) else database_url
+        parsed = dataclasses.replace(
+            parsed,
+            host="127.0.0.1",
+            port=self.port,
+            query=tuple((k, v) for k, v in parsed.query if k != "host"),
+            password=password if password is not None else parsed.password,
+        )
+        return parsed.for_sqlalchemy(async_driver=True)
 
 
 @contextlib.contextmanager
-def counting_proxy(
-    host: str | None, port: int | None, socket_dir: str | None
-) -> Iterator[CountingProxy]:
-    proxy = CountingProxy(host, port, socket_dir)
+def pg_proxy(upstream: str | DatabaseURL) -> Iterator[PgProxy]:
+    """A started proxy in front of ``upstream``, closed at the end."""
+    proxy = PgProxy(DatabaseURL.parse(upstream) if isinstance(upstream, str) else upstream)
     proxy.start()
     try:
         yield proxy
     finally:
-        proxy.stop()
+        proxy.close()
