@@ -171,6 +171,9 @@ PEAK_WRAPPER = """
 import os, sys
 pid = os.fork()
 if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
     os.execv(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
 print(usage.ru_maxrss if os.waitstatus_to_exitcode(status) == 0 else -1)
