@@ -16,7 +16,7 @@ import os
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     pass
 
 PROJECT = "dbinit"
+T = TypeVar("T")
 
 #: The built-in plugins, registered first, through the public hooks.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -196,20 +197,29 @@ def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
         ) from exc
 
 
+def innermost_owner(exc: BaseException, owners: Mapping[Any, T]) -> T | None:
+    """The owner of the innermost traceback frame whose code object is in ``owners``.
+
+    How a failure is blamed on a plugin (or a check) without wrapping every call.
+    """
+    found: T | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        found = owners.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found
+
+
 def _blame(exc: BaseException, impls: Sequence[pluggy.HookImpl]) -> str:
     codes = {
         impl.function.__code__: impl.plugin_name
         for impl in impls
         if hasattr(impl.function, "__code__")
     }
-    tb = exc.__traceback__
-    blamed = "unknown plugin"
-    while tb is not None:
-        name = codes.get(tb.tb_frame.f_code)
-        if name is not None:
-            blamed = name
-        tb = tb.tb_next
-    return blamed
+    return innermost_owner(exc, codes) or "unknown plugin"
+
+
+_LOADED: dict[tuple[str, ...], Registry] = {}
 
 
 @dataclasses.dataclass
@@ -221,8 +231,16 @@ class Registry:
 
     @classmethod
     def load(cls, extra_modules: Sequence[str] = ()) -> Registry:
-        pm, infos = build_plugin_manager(extra_modules)
-        return cls(pm, infos)
+        """The registry for these extra modules, built once per process.
+
+        The dispatcher (to find the command) and the command (to run it) ask
+        for the same plugins: they get the same registry, loaded once.
+        """
+        key = tuple(extra_modules)
+        if key not in _LOADED:
+            pm, infos = build_plugin_manager(key)
+            _LOADED[key] = cls(pm, infos)
+        return _LOADED[key]
 
     @functools.cached_property
     def checks(self) -> tuple[Check, ...]:

@@ -150,10 +150,6 @@ async def verify(
 
 
 def _failing_check(exc: BaseException, checks: Sequence[Check]) -> Check | None:
-    codes = {getattr(c.func, "__code__", None): c for c in checks}
-    tb = exc.__traceback__
-    found = None
-    while tb is not None:
-        found = codes.get(tb.tb_frame.f_code, found)
-        tb = tb.tb_next
-    return found
+    from dbinit.pluginmanager import innermost_owner
+
+    return innermost_owner(exc, {getattr(c.func, "__code__", None): c for c in checks})
