@@ -51,6 +51,20 @@ def lock_key(schema: str, version_table: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+async def _database_lock_key(connection: Any, settings: Settings) -> int:
+    """The lock key of this database's version table (schema resolved on the server)."""
+    schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
+    return lock_key(schema, settings.version_table)
+
+
+async def _holder_of(connection: Any, key: int) -> str | None:
+    """Who holds the advisory lock ``key`` (application name, pid, client), if anyone."""
+    row = await connection.fetchrow(_HOLDER_QUERY, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+    if row is None:
+        return None
+    return f"{row['application_name'] or '?'} (pid {row['pid']}, {row['client']})"
+
+
 def holder_name(settings: Settings, target: str = "head") -> str:
     """What others see as the lock holder: service, pod (host) name, target."""
     host = os.environ.get("HOSTNAME") or socket.gethostname()
@@ -121,9 +135,7 @@ async def _postgres_lock(
     try:
         if connection.get_server_version().major >= 14:
             await connection.execute("SET client_connection_check_interval = '5s'")
-        schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
-        key = lock_key(schema, settings.version_table)
-        classid, objid = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+        key = await _database_lock_key(connection, settings)
         started = time.monotonic()
         deadline = started + settings.lock_timeout
         next_report = started
@@ -132,9 +144,7 @@ async def _postgres_lock(
             if control is not None:
                 control.raise_if_stopping("stopped while waiting for the migration lock")
             now = time.monotonic()
-            row = await connection.fetchrow(_HOLDER_QUERY, classid, objid)
-            if row is not None:
-                holder = f"{row['application_name'] or '?'} (pid {row['pid']}, {row['client']})"
+            holder = await _holder_of(connection, key) or holder
             if now >= deadline:
                 raise LockTimeout(
                     f"migration lock not acquired within {settings.lock_timeout:g}s: "
@@ -229,10 +239,7 @@ async def current_holder(settings: Settings) -> str | None:
     except (TimeoutError, OSError, asyncpg.PostgresError):
         return None
     try:
-        schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
-        key = lock_key(schema, settings.version_table)
-        row = await connection.fetchrow(_HOLDER_QUERY, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
-        return f"{row['application_name'] or '?'} (pid {row['pid']})" if row is not None else None
+        return await _holder_of(connection, await _database_lock_key(connection, settings))
     finally:
         await connection.close(timeout=2)
 

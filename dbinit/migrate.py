@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from dbinit.errors import ConfigurationError, MigrationFailed, Refused
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, migration_lock
-from dbinit.report import MigratePlan, MigrateResult
+from dbinit.report import MigratePlan, MigrateResult, VerifyReport
 from dbinit.strategies import Strategy, StrategyContext
 from dbinit.verify import read_scripts, read_state, verify
 
@@ -126,15 +126,7 @@ async def _migrate(
                 f"migrations ran but the database does not verify: {report.message}",
                 hint=report.hint,
             )
-        result = MigrateResult(
-            service=settings.service,
-            database=settings.url.display_name,
-            strategy=strategy.name,
-            applied=applied,
-            verification=report,
-            duration_ms=(time.perf_counter() - started) * 1000,
-        )
-        registry.notify("dbinit_migrate_finished", result=result)
+        result = _finished(settings, registry, strategy, applied, report, started)
     if applied:
         log.info(
             "Migrations applied successfully",
@@ -176,11 +168,23 @@ async def _ahead_of_image(
     log.warning("Database ahead of this release: nothing to migrate", current=ahead,
                 heads=list(scripts.heads))
     report = await verify(settings, registry, log, scripts=scripts)
+    return _finished(settings, registry, strategy, (), report, started)
+
+
+def _finished(
+    settings: Settings,
+    registry: Registry,
+    strategy: Strategy,
+    applied: tuple[str, ...],
+    report: VerifyReport,
+    started: float,
+) -> MigrateResult:
+    """The result of a run, announced to plugins (the lock is still held)."""
     result = MigrateResult(
         service=settings.service,
         database=settings.url.display_name,
         strategy=strategy.name,
-        applied=(),
+        applied=applied,
         verification=report,
         duration_ms=(time.perf_counter() - started) * 1000,
     )

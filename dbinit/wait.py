@@ -13,10 +13,9 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from dbinit.database import open_probe
 from dbinit.errors import DatabaseUnreachable, NotReady
 from dbinit.lock import current_holder
-from dbinit.verify import probe_options, read_scripts, verify
+from dbinit.verify import read_scripts, read_state, verify
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -45,12 +44,7 @@ async def wait_for_database(settings: Settings, log: FilteringBoundLogger, timeo
     while True:
         attempt += 1
         try:
-            budget = deadline - time.monotonic()
-            probe = await open_probe(settings.url, probe_options(settings, "wait", budget=budget))
-            try:
-                await probe.read_state()
-            finally:
-                await probe.close()
+            await read_state(settings, "wait", budget=deadline - time.monotonic())
             log.info("Database is accepting connections", attempt=attempt)
             return attempt
         except DatabaseUnreachable as exc:
