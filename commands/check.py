@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from dbinit.checks import Level, select_checks
@@ -66,8 +65,8 @@ class Command(BaseCommand):
                         f"{c.id}  {c.name}  [{', '.join(c.tags)}]  ({c.plugin})  {c.description}"
                     )
             return 0
-        report = asyncio.run(
-            verify(self.settings, self.registry, self.log, checks=selected, fail_level=fail_level)
+        report = self.run(
+            lambda _: verify(self.settings, self.registry, self.log, checks=selected, fail_level=fail_level)
         )
         messages = [
             (o, m)

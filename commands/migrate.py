@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from dbinit.alembic_runner import offline_sql
@@ -59,7 +58,7 @@ class Command(BaseCommand):
             return 0
         if options["plan"]:
             select_strategy(self.settings, self.registry, options["strategy"])
-            result = asyncio.run(plan(self.settings))
+            result = self.run(lambda _: plan(self.settings))
             if options["format"] == "json":
                 self.write_json(
                     {
@@ -75,10 +74,11 @@ class Command(BaseCommand):
             else:
                 self.stdout.write("Nothing to do: the database is at head.")
             return 0
-        outcome = asyncio.run(
-            migrate(
-                self.settings, self.registry, self.log, strategy_name=options["strategy"], handle_signals=True
-            )
+        outcome = self.run(
+            lambda control: migrate(
+                self.settings, self.registry, self.log, strategy_name=options["strategy"], control=control
+            ),
+            graceful=True,
         )
         if options["format"] == "json":
             self.write_json(outcome.to_json())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from dbinit.management.base import BaseCommand
@@ -17,7 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, **options: Any) -> int:
         scripts = read_scripts(self.settings)
-        state = asyncio.run(read_state(self.settings, "showmigrations"))
+        state = self.run(lambda _: read_state(self.settings, "showmigrations"))
         graph = scripts.graph
         current = set(state.versions)
         applied = graph.ancestors(current)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from dbinit.errors import ExitCode
@@ -29,7 +28,7 @@ class Command(BaseCommand):
         return {**super().settings_overrides(options), "verify_timeout": options.get("timeout")}
 
     def handle(self, **options: Any) -> int:
-        report = asyncio.run(verify(self.settings, self.registry, self.log))
+        report = self.run(lambda _: verify(self.settings, self.registry, self.log))
         if options["format"] == "json":
             self.write_json(report.to_json())
         else:

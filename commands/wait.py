@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from dbinit.management.base import BaseCommand
@@ -31,9 +30,9 @@ class Command(BaseCommand):
     def handle(self, **options: Any) -> int:
         timeout = self.settings.wait_timeout
         if options["until_verified"]:
-            asyncio.run(wait_until_verified(self.settings, self.registry, self.log, timeout))
+            self.run(lambda _: wait_until_verified(self.settings, self.registry, self.log, timeout))
             self.stdout.write("Database is ready.")
         else:
-            attempts = asyncio.run(wait_for_database(self.settings, self.log, timeout))
+            attempts = self.run(lambda _: wait_for_database(self.settings, self.log, timeout))
             self.stdout.write(f"Database is accepting connections (after {attempts} attempts).")
         return 0

@@ -66,6 +66,45 @@ def alembic_config(
     return config
 
 
+def preflight(settings: Settings, scripts: MigrationScripts) -> None:
+    """Check what ``upgrade`` will need, before a destructive step runs.
+
+    Alembic's configuration, every revision module (Alembic imports them all:
+    a syntax or import error shows here), and the SQLAlchemy dialect and driver
+    for the URL. Raises :class:`ConfigurationError` (exit 2): nothing was
+    changed yet.
+    """
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    config = alembic_config(settings, scripts)
+    try:
+        script = ScriptDirectory.from_config(config)
+        for _ in script.walk_revisions():
+            pass
+    except CommandError as exc:
+        raise ConfigurationError(
+            f"the migrations cannot be loaded by Alembic: {exc}",
+            hint="Fix the migrations; nothing was dropped or migrated",
+        ) from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"a migration file cannot be imported: {type(exc).__name__}: {exc}",
+            hint="Fix the revision file named above; nothing was dropped or migrated",
+        ) from None
+    url = config.get_main_option("sqlalchemy.url") or ""
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigurationError(
+            f"the database driver for the migrations is not usable: {type(exc).__name__}: {exc}",
+            hint="Install the driver env.py needs (pip install 'dbinit[sync]' for psycopg); "
+            "nothing was dropped or migrated",
+        ) from None
+
+
 def upgrade(
     settings: Settings,
     scripts: MigrationScripts,

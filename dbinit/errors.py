@@ -31,6 +31,13 @@ class ExitCode(enum.IntEnum):
     REFUSED = 7
 
 
+#: What code that is not dbinit's (plugins, checks, strategies) may raise that is
+#: caught at its boundary and reported with the plugin's name. ``SystemExit`` is
+#: among them: a plugin calling ``sys.exit(0)`` must never end a command as a
+#: success. (``KeyboardInterrupt`` is left to propagate: it is exit 130.)
+FOREIGN_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
 class DbinitError(Exception):
     """Base of every error dbinit raises on purpose.
 

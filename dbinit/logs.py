@@ -8,6 +8,7 @@ that reached a message is replaced by ``***`` before it is written.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
@@ -15,9 +16,27 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+#: The password part of anything URL-shaped (``scheme://user:password@``;
+#: one or two slashes, since path normalisation folds ``//``), and libpq's
+#: ``password=`` in a query string or a key/value DSN. Redacted whether or
+#: not the secret is known: a value can be echoed before the settings load.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*:/{1,3}[^:/?#@\s'\"]*:)(?P<secret>[^\s'\"]*)(?=@)"
+)
+_PARAM_PASSWORD = re.compile(r"(?P<head>(?:^|[?&\s;'\"])(?:password|passwd)\s*=\s*)(?P<secret>[^&\s'\"]+)",
+                             re.IGNORECASE)
+
+
+def redact_urls(value: str) -> str:
+    """``value`` with the password of every URL-shaped part replaced by ``***``."""
+    if "=" not in value and "@" not in value:
+        return value
+    value = _URL_PASSWORD.sub(lambda m: m["head"] + "***", value)
+    return _PARAM_PASSWORD.sub(lambda m: m["head"] + "***", value)
+
 
 class Redactor:
-    """Replaces every known secret in log events and output text."""
+    """Replaces every known secret, and any URL's password, in log events and output text."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self.secrets: set[str] = set()
@@ -35,13 +54,11 @@ class Redactor:
         for secret in sorted(self.secrets, key=len, reverse=True):
             if secret in value:
                 value = value.replace(secret, "***")
-        return value
+        return redact_urls(value)
 
     def __call__(
         self, logger: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if not self.secrets:
-            return event
         for key, value in event.items():
             if isinstance(value, str):
                 event[key] = self.text(value)

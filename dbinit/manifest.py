@@ -81,9 +81,11 @@ def load_manifest(layout: AlembicLayout) -> RevisionGraph | None:
     """
     path = manifest_path(layout)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StaleManifest(f"{path.name} cannot be read ({type(exc).__name__})") from None
     try:
         document = json.loads(text)
     except ValueError:
@@ -92,7 +94,29 @@ def load_manifest(layout: AlembicLayout) -> RevisionGraph | None:
         raise StaleManifest(f"{path.name} has an unknown format")
     if document.get("files") != fingerprint(layout):
         raise StaleManifest(f"the revision files changed since {path.name} was written")
-    base = str(layout.version_locations[0]) + os.sep
+    try:
+        return _graph_of(document, str(layout.version_locations[0]) + os.sep)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # Fresh fingerprint, broken body (edited by hand, truncated, another tool's).
+        raise StaleManifest(
+            f"{path.name} is malformed ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
+
+
+def _graph_of(document: dict[str, object], base: str) -> RevisionGraph:
+    """The graph a manifest document describes; raises on any wrongly shaped part."""
+    items = document["revisions"]
+    if not isinstance(items, list):
+        raise TypeError("revisions is not a list")
+    for item in items:
+        for key in ("down_revisions", "branch_labels", "depends_on"):
+            if not isinstance(item[key], list) or not all(isinstance(v, str) for v in item[key]):
+                raise TypeError(f"{key} of {str(item.get('revision'))[:40]!r} is not a list of strings")
+        if not isinstance(item["revision"], str) or not isinstance(item["path"], (str, type(None))):
+            raise TypeError("revision or path is not a string")
+    heads, bases, labels = document["heads"], document["bases"], document["labels"]
+    if not (isinstance(heads, list) and isinstance(bases, list) and isinstance(labels, dict)):
+        raise TypeError("heads, bases or labels has the wrong type")
     revisions = {
         item["revision"]: Revision(
             revision=item["revision"],
@@ -101,11 +125,8 @@ def load_manifest(layout: AlembicLayout) -> RevisionGraph | None:
             depends_on=tuple(item["depends_on"]),
             file=base + item["path"] if item["path"] else None,
         )
-        for item in document["revisions"]
+        for item in items
     }
-    return RevisionGraph(
-        revisions=revisions,
-        heads=tuple(document["heads"]),
-        bases=tuple(document["bases"]),
-        labels=dict(document["labels"]),
-    )
+    if not all(isinstance(h, str) and h in revisions for h in (*heads, *bases)):
+        raise ValueError("a head or base is not one of its revisions")
+    return RevisionGraph(revisions=revisions, heads=tuple(heads), bases=tuple(bases), labels=dict(labels))

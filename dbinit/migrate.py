@@ -70,18 +70,15 @@ async def migrate(
     log: FilteringBoundLogger,
     *,
     strategy_name: str | None = None,
-    handle_signals: bool = False,
+    control: RunControl | None = None,
 ) -> MigrateResult:
     """Bring the database to the image's head(s) under the migration lock.
 
-    With ``handle_signals`` (the command line), SIGTERM/SIGINT stop the run
-    cleanly: see :mod:`dbinit.interrupts`.
+    ``control`` (the command line's, from
+    :func:`dbinit.interrupts.run_until_stopped` with ``graceful=True``) carries
+    SIGTERM/SIGINT: the run stops cleanly, see :mod:`dbinit.interrupts`.
     """
-    control = RunControl()
-    if not handle_signals:
-        return await _migrate(settings, registry, log, strategy_name, control)
-    with control.signal_handlers(asyncio.get_running_loop()):
-        return await _migrate(settings, registry, log, strategy_name, control)
+    return await _migrate(settings, registry, log, strategy_name, control or RunControl())
 
 
 async def _migrate(

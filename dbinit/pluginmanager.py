@@ -22,7 +22,7 @@ import pluggy
 
 from dbinit import hookspecs
 from dbinit.checks import Check
-from dbinit.errors import PluginError
+from dbinit.errors import FOREIGN_FAILURES, PluginError
 from dbinit.strategies import Strategy
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def build_plugin_manager(
             continue
         try:
             plugin = entry_point.load()
-        except Exception as exc:
+        except FOREIGN_FAILURES as exc:
             raise PluginError(
                 entry_point.name,
                 f"cannot be loaded from entry point {entry_point.value!r}: "
@@ -78,7 +78,7 @@ def build_plugin_manager(
             continue
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:
+        except FOREIGN_FAILURES as exc:
             raise PluginError(
                 module_name,
                 f"cannot be imported (from DBINIT_PLUGINS): {type(exc).__name__}: {exc}",
@@ -174,7 +174,7 @@ def _call_each(
     for impl in caller.get_hookimpls():  # storage order: trylast built-ins first
         try:
             result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-        except Exception as exc:
+        except FOREIGN_FAILURES as exc:
             raise PluginError(
                 impl.plugin_name,
                 f"hook {hook_name} raised {type(exc).__name__}: {exc}",
@@ -189,7 +189,7 @@ def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     caller = getattr(pm.hook, hook_name)
     try:
         caller(**kwargs)
-    except Exception as exc:
+    except FOREIGN_FAILURES as exc:
         raise PluginError(
             _blame(exc, caller.get_hookimpls()),
             f"hook {hook_name} raised {type(exc).__name__}: {exc}",

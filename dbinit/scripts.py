@@ -289,7 +289,19 @@ def find_layout(alembic_ini: Path, migrations_dir: Path | None) -> AlembicLayout
         )
     parser = configparser.ConfigParser(defaults={"here": str(alembic_ini.parent.absolute())})
     try:
-        parser.read(alembic_ini, encoding="utf-8")
+        parser.read_string(alembic_ini.read_bytes().decode("utf-8"), source=str(alembic_ini))
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"DBINIT_ALEMBIC_INI: {str(alembic_ini)!r} is not UTF-8 text (invalid byte at offset "
+            f"{exc.start})",
+            hint="Alembic reads alembic.ini as UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"DBINIT_ALEMBIC_INI: {str(alembic_ini)!r} cannot be read: {exc.strerror}",
+            hint="Check the file's permissions",
+        ) from None
+    try:
         section = parser["alembic"]
         script_text = section.get("script_location")
     except (configparser.Error, KeyError) as exc:

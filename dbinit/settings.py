@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PrivateAttr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -30,6 +30,17 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///db.sqlite3"
 
 Environment = Literal["development", "test", "staging", "production"]
 CommaList = Annotated[tuple[str, ...], NoDecode]
+
+#: The longest timeout PostgreSQL accepts (``statement_timeout`` is an int of
+#: milliseconds): every timeout is held to it, so none is accepted here and
+#: refused later by the server, after work has started.
+MAX_SECONDS = 2_147_483
+#: A timeout in seconds: finite, positive, at most :data:`MAX_SECONDS`.
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+#: A non-empty name (schema, table, strategy), spaces around it ignored.
+Name = Annotated[str, Field(min_length=1, max_length=63)]
+#: An HTTP path for a probe.
+ProbePath = Annotated[str, Field(pattern=r"^/[^\s?#]*$")]
 
 
 def _seed_name(name: str) -> Any:
@@ -66,30 +77,30 @@ class Settings(BaseSettings):
 
     alembic_ini: Path = Path("alembic.ini")
     migrations_dir: Path | None = None
-    strategy: str = "upgrade"
-    db_schema: str | None = Field(
+    strategy: Name = "upgrade"
+    db_schema: Name | None = Field(
         None, validation_alias=AliasChoices("DBINIT_SCHEMA", "schema", "db_schema")
     )
-    version_table: str = "alembic_version"
+    version_table: Name = "alembic_version"
     heads: CommaList = ()
     allow_ahead: bool = False
     silenced_checks: CommaList = ()
     plugins: CommaList = ()
 
-    connect_timeout: PositiveFloat = 5.0
-    verify_timeout: PositiveFloat = 10.0
-    wait_timeout: PositiveFloat = 60.0
-    startup_timeout: PositiveFloat = 30.0
-    lock_timeout: PositiveFloat = 300.0
-    statement_timeout: PositiveFloat | None = None
-    ddl_lock_timeout: PositiveFloat | None = None
+    connect_timeout: Seconds = 5.0
+    verify_timeout: Seconds = 10.0
+    wait_timeout: Seconds = 60.0
+    startup_timeout: Seconds = 30.0
+    lock_timeout: Seconds = 300.0
+    statement_timeout: Seconds | None = None
+    ddl_lock_timeout: Seconds | None = None
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    readiness_path: str | None = None
-    liveness_path: str | None = None
-    readiness_cache: PositiveFloat = 1.0
+    readiness_path: ProbePath | None = None
+    liveness_path: ProbePath | None = None
+    readiness_cache: Seconds = 1.0
 
     @field_validator("heads", "silenced_checks", "plugins", mode="before")
     @classmethod
@@ -102,6 +113,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("strategy", "db_schema", "version_table", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(
@@ -180,21 +196,43 @@ def _with_url_from_file(settings: Settings, url_file: Path) -> Settings:
             "DATABASE_URL and DATABASE_URL_FILE are both set in the environment",
             hint="Set only one of them (DATABASE_URL_FILE for a mounted Secret)",
         )
+    shown = str(url_file)
     try:
-        text = url_file.read_text(encoding="utf-8").strip()
+        raw = url_file.read_bytes()
     except OSError as exc:
+        if not _looks_like_a_path(shown):
+            # A secretKeyRef put the URL (or a password) here: never echo it.
+            raise ConfigurationError(
+                f"DATABASE_URL_FILE does not name a readable file, and its value "
+                f"({len(shown)} characters) looks like a URL or a secret, not a path",
+                hint="Put the URL in DATABASE_URL (e.g. from a secretKeyRef), or mount the "
+                "Secret as a file and set DATABASE_URL_FILE to that file's path",
+            ) from None
         raise ConfigurationError(
-            f"DATABASE_URL_FILE {str(url_file)!r} cannot be read: {exc.strerror}",
+            f"DATABASE_URL_FILE {shown!r} cannot be read: {exc.strerror}",
             hint="Mount the Secret holding the URL at that path, or unset DATABASE_URL_FILE",
+        ) from None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        # The offending byte is part of the secret: say where, never what.
+        raise ConfigurationError(
+            f"DATABASE_URL_FILE {shown!r} is not UTF-8 text (invalid byte at offset {exc.start})",
+            hint="Write the URL as UTF-8, percent-encoding any non-ASCII character of the password",
         ) from None
     if not text:
         raise ConfigurationError(
-            f"DATABASE_URL_FILE {str(url_file)!r} is empty",
+            f"DATABASE_URL_FILE {shown!r} is empty",
             hint="The file must hold the database URL",
         )
     updated = settings.model_copy(update={"database_url": text})
     updated._url_setting = "DATABASE_URL_FILE"
     return updated
+
+
+def _looks_like_a_path(value: str) -> bool:
+    """A file path, as opposed to a URL or a bare secret put where a path belongs."""
+    return "/" in value and "://" not in value and ":/" not in value and "@" not in value
 
 
 def _field_of(loc: tuple[int | str, ...]) -> str:
@@ -220,4 +258,11 @@ def _hint(exc: ValidationError) -> str:
         return "ENVIRONMENT must be one of development, test, staging, production"
     if fields & {"log_format"}:
         return "DBINIT_LOG_FORMAT must be one of auto, json, console"
+    if any(field.endswith("_timeout") or field == "readiness_cache" for field in fields):
+        return (
+            f"Timeouts are seconds: a finite number greater than 0 and at most {MAX_SECONDS} "
+            "(PostgreSQL's longest timeout, about 24.8 days)"
+        )
+    if fields & {"readiness_path", "liveness_path"}:
+        return "Probe paths are URL paths starting with '/', e.g. /readyz"
     return "Fix the value in the environment, .env or [tool.dbinit] in pyproject.toml"

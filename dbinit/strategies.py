@@ -37,6 +37,12 @@ class StrategyContext:
 
         return upgrade(self.settings, self.scripts, self.log, self.control)
 
+    def preflight(self) -> None:
+        """Check everything :meth:`upgrade` needs (for a strategy that changes things first)."""
+        from dbinit.alembic_runner import preflight
+
+        preflight(self.settings, self.scripts)
+
     def check_stop(self, what: str = "stopped before the next step") -> None:
         """For long strategies: raise if a SIGTERM/SIGINT asked to stop."""
         if self.control is not None:

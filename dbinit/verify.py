@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from dbinit.checks import Check, Facts, Level, run_checks
 from dbinit.database import Probe, ProbeOptions, open_probe
-from dbinit.errors import PluginError
+from dbinit.errors import FOREIGN_FAILURES, PluginError
 from dbinit.report import VerifyReport
 from dbinit.scripts import MigrationScripts, read_migration_scripts
 
@@ -108,7 +108,7 @@ async def verify(
         outcomes = run_checks(selected, facts, fail_level=fail_level, silenced=settings.silenced_checks)
     except PluginError:
         raise
-    except Exception as exc:
+    except FOREIGN_FAILURES as exc:
         failing = _failing_check(exc, selected)
         raise PluginError(
             failing.plugin if failing else "unknown",

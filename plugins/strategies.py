@@ -19,6 +19,7 @@ def run_upgrade(context: StrategyContext) -> list[str]:
 
 
 def run_recreate(context: StrategyContext) -> list[str]:
+    context.preflight()  # everything the upgrade needs, checked before anything is dropped
     context.log.warning("Dropping everything in the target schema (recreate)")
     dropped = context.drop_everything()
     context.log.warning("Schema emptied", dropped_objects=dropped)

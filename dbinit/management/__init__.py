@@ -13,7 +13,7 @@ import sys
 from typing import Any, NoReturn, TextIO
 
 from dbinit import __version__
-from dbinit.errors import DbinitError
+from dbinit.errors import FOREIGN_FAILURES, DbinitError, PluginError
 from dbinit.management.base import BaseCommand, CommandError
 
 __all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line", "main"]
@@ -37,7 +37,14 @@ def load_command_class(
         )
     plugin, spec = commands[name]
     if isinstance(spec, str):
-        module = importlib.import_module(spec)
+        try:
+            module = importlib.import_module(spec)
+        except FOREIGN_FAILURES as exc:
+            raise PluginError(
+                plugin,
+                f"command {name!r} cannot be imported from {spec!r}: {type(exc).__name__}: {exc}",
+                hint="Fix or uninstall the plugin providing it",
+            ) from exc
         command_class = getattr(module, "Command", None)
     else:
         command_class = spec

@@ -14,10 +14,16 @@ import argparse
 import json
 import sys
 import traceback
-from typing import Any, TextIO
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from dbinit.errors import ConfigurationError, DbinitError, ExitCode
+from dbinit.errors import FOREIGN_FAILURES, ConfigurationError, DbinitError, ExitCode
 from dbinit.logs import Redactor, configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from dbinit.interrupts import RunControl
+
+T = TypeVar("T")
 
 
 class CommandError(DbinitError):
@@ -63,6 +69,8 @@ class BaseCommand:
     """Subclass this; see the module docstring."""
 
     help = ""
+    #: The name the command was run as (set by :meth:`run_from_argv`).
+    command_name = "command"
     #: Commands that print a report offer ``--format text|json``.
     has_format = False
 
@@ -130,21 +138,43 @@ class BaseCommand:
         return {key: options.get(key) for key in self.SETTING_OPTIONS}
 
     def run_from_argv(self, argv: list[str]) -> int:
-        """Parse ``argv`` (``[prog, command, *args]``), run, return the exit code."""
+        """Parse ``argv`` (``[prog, command, *args]``), run, return the exit code.
+
+        Nothing raised while the command runs becomes a success: a
+        ``SystemExit`` from a plugin or a strategy (``sys.exit(0)``) is an
+        internal error like any other unexpected exception. (``--help`` is
+        argparse's own ``SystemExit``, raised while parsing.)
+        """
         options: dict[str, Any] = {}
+        self.command_name = argv[1]
         try:
             parser = self.create_parser(argv[0], argv[1])
             options = vars(parser.parse_args(argv[2:]))
+        except DbinitError as exc:
+            return self.report_error(exc, options)
+        try:
             return self.execute(**options)
         except DbinitError as exc:
             return self.report_error(exc, options)
         except KeyboardInterrupt:
             self.stderr.write("Interrupted")
             return 130
-        except Exception:
+        except FOREIGN_FAILURES as exc:
             self.stderr.write(traceback.format_exc(), ending="")
-            self.stderr.write("Internal error (a bug): please report it with the traceback above.")
+            what = f"{type(exc).__name__}({exc})" if isinstance(exc, SystemExit) else "this"
+            self.stderr.write(f"Internal error (a bug): {what} was raised while the command ran; "
+                              "please report it with the traceback above.")
             return ExitCode.INTERNAL_ERROR
+
+    def run(self, main: Callable[[RunControl], Coroutine[Any, Any, T]], *, graceful: bool = False) -> T:
+        """Run the command's coroutine; SIGTERM/SIGINT end it with exit 143/130.
+
+        See :func:`dbinit.interrupts.run_until_stopped` (``graceful``: the
+        coroutine stops at its next safe point instead of being cancelled).
+        """
+        from dbinit.interrupts import run_until_stopped
+
+        return run_until_stopped(main, graceful=graceful, what=f"{self.command_name} stopped")
 
     def execute(self, **options: Any) -> int:
         """Build the settings, configure logging and plugins, call :meth:`handle`."""
