@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from dbinit.alembic_runner import offline_sql
+from dbinit.errors import ConfigurationError
 from dbinit.management.base import BaseCommand
 from dbinit.migrate import migrate, plan, select_strategy
 from dbinit.verify import read_scripts
@@ -48,6 +49,12 @@ class Command(BaseCommand):
         }
 
     def handle(self, **options: Any) -> int:
+        if options["from_revision"] is not None and not options["sql"]:
+            raise ConfigurationError(
+                "--from only applies to --sql (offline SQL from that revision)",
+                hint="Use `dbinit migrate --sql --from REV`; an online migrate starts from the "
+                "revision recorded in the database",
+            )
         if options["sql"]:
             offline_sql(
                 self.settings,

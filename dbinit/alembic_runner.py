@@ -10,8 +10,10 @@ transaction (``transaction_per_migration``) unless ``env.py`` says otherwise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -19,6 +21,8 @@ from dbinit.errors import ConfigurationError, Interrupted, MigrationFailed
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.interrupts import RunControl
@@ -119,7 +123,6 @@ def upgrade(
     statement can be cancelled on the server.
     """
     from alembic import util as alembic_util
-    from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
 
     config = alembic_config(settings, scripts)
@@ -142,35 +145,92 @@ def upgrade(
             log.info("Running pending migrations", count=len(result))
         return result
 
-    environment = EnvironmentContext(
-        config, script, fn=steps, as_sql=False, starting_rev=None, destination_rev="heads", tag=None
-    )
-    configure = environment.configure
-
-    def configure_per_migration(*args: Any, **kwargs: Any) -> None:
-        # env.py is not ours to edit: default to one transaction per migration and
-        # add our callback to whatever env.py passes. (Alembic's module proxy calls
-        # the instance's attribute, so a subclass would not be seen.)
+    def per_migration(kwargs: dict[str, Any]) -> None:
+        # default to one transaction per migration, and add our callback to
+        # whatever env.py passes
         kwargs.setdefault("transaction_per_migration", True)
         callbacks = alembic_util.to_tuple(kwargs.get("on_version_apply"), default=())
         kwargs["on_version_apply"] = (*callbacks, on_apply)
-        configure(*args, **kwargs)
 
-    environment.configure = configure_per_migration  # type: ignore[method-assign]
+    environment = environment_context(
+        settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration
+    )
     try:
         with session_settings(settings, control), environment:
             script.run_env()
+    except ConfigurationError:
+        raise  # found while env.py configured the context: before any migration ran
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
         if control is not None and control.stopping:
             if isinstance(exc, Interrupted):
                 raise
+            remains = what_remains(settings, scripts, failing) if failing else None
             raise control.interrupted(
-                f"migration {failing} cancelled and rolled back"
-                + (f" (applied before: {', '.join(applied)})" if applied else "")
+                f"migration {failing} cancelled"
+                + (" and rolled back" if remains is None or remains.whole else "; part of it remains")
+                + (f" (applied before: {', '.join(applied)})" if applied else ""),
+                hint=(f"{remains} " if remains else "")
+                + "The lock was released; run the migration job again.",
             ) from None
-        raise migration_error(exc, failing, scripts) from exc
+        raise migration_error(exc, failing, scripts, settings) from exc
     return applied
+
+
+def environment_context(
+    settings: Settings,
+    config: Config,
+    script: ScriptDirectory,
+    fn: Callable[[Any, Any], Any],
+    *,
+    as_sql: bool,
+    starting_rev: str | None,
+    adjust: Callable[[dict[str, Any]], None] | None = None,
+) -> EnvironmentContext:
+    """Alembic's environment for ``upgrade heads``, with dbinit's version table.
+
+    env.py is not ours to edit, so its ``context.configure(...)`` call is
+    wrapped: the version table dbinit verifies (``DBINIT_VERSION_TABLE``, in
+    ``DBINIT_SCHEMA``) is passed to Alembic unless env.py names one itself; if
+    env.py names a different one, that is a configuration error before any
+    migration runs (otherwise migrate would write one table and verify
+    another, forever). ``adjust`` edits the other keyword arguments.
+    (Alembic's module proxy calls the instance's attribute, so a subclass
+    would not be seen.)
+    """
+    from alembic.runtime.environment import EnvironmentContext
+
+    environment = EnvironmentContext(
+        config, script, fn=fn, as_sql=as_sql, starting_rev=starting_rev, destination_rev="heads", tag=None
+    )
+    configure = environment.configure
+    ours = {"version_table": (settings.version_table, "DBINIT_VERSION_TABLE")}
+    if settings.db_schema:
+        ours["version_table_schema"] = (settings.db_schema, "DBINIT_SCHEMA")
+
+    def configure_for_dbinit(*args: Any, **kwargs: Any) -> None:
+        for key, (value, setting) in ours.items():
+            given = kwargs.get(key)
+            if given is not None and given != value:
+                raise ConfigurationError(
+                    f"env.py configures Alembic with {key}={str(given)[:63]!r}, but dbinit verifies "
+                    f"{setting}={value!r}: migrate would write one version table and verify another",
+                    hint=f"Set {setting}={str(given)[:63]} (or remove {key} from env.py)",
+                )
+            kwargs[key] = value
+        if "version_table_schema" not in ours and kwargs.get("version_table_schema"):
+            raise ConfigurationError(
+                f"env.py configures Alembic with version_table_schema="
+                f"{str(kwargs['version_table_schema'])[:63]!r}, but DBINIT_SCHEMA is not set: "
+                "dbinit would verify the version table on the search_path",
+                hint=f"Set DBINIT_SCHEMA={str(kwargs['version_table_schema'])[:63]}",
+            )
+        if adjust is not None:
+            adjust(kwargs)
+        configure(*args, **kwargs)
+
+    environment.configure = configure_for_dbinit  # type: ignore[method-assign]
+    return environment
 
 
 @contextlib.contextmanager
@@ -245,19 +305,111 @@ def offline_sql(
     settings: Settings, scripts: MigrationScripts, stdout: TextIO, from_revision: str | None
 ) -> None:
     """Print the SQL of ``upgrade heads`` (from ``from_revision`` or the base)."""
-    from alembic import command
+    from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
     config = alembic_config(settings, scripts, stdout=stdout)
-    target = f"{from_revision}:heads" if from_revision else "heads"
+    script = ScriptDirectory.from_config(config)
+
+    def steps(rev: Any, context: Any) -> Any:
+        return script._upgrade_revs("heads", rev)
+
     try:
-        command.upgrade(config, target, sql=True)
+        with environment_context(settings, config, script, steps, as_sql=True, starting_rev=from_revision):
+            script.run_env()
     except CommandError as exc:
         raise ConfigurationError(f"cannot render offline SQL: {exc}") from None
 
 
+#: A revision that commits part of its work itself (Alembic's autocommit_block,
+#: or a COMMIT statement): what ran before the failure is not rolled back.
+_COMMITS_ITSELF = re.compile(r"autocommit_block\s*\(|[\"'](?:\s*END\s*;)?\s*COMMIT\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftovers:
+    """What a failed or cancelled revision left behind; ``str()`` says it plainly."""
+
+    revision: str
+    commits_itself: bool
+    invalid_indexes: tuple[str, ...]
+
+    @property
+    def whole(self) -> bool:
+        """Whether the revision was rolled back as a whole."""
+        return not self.commits_itself and not self.invalid_indexes
+
+    def __str__(self) -> str:
+        if self.commits_itself:
+            said = (
+                f"Migration {self.revision} commits part of its work itself (autocommit_block or "
+                "COMMIT): what it did before that point stays in the database although the version "
+                "table still names the previous revision; make that part idempotent (IF NOT EXISTS) "
+                "or undo it."
+            )
+        else:
+            said = f"Migration {self.revision} was rolled back as a whole."
+        if self.invalid_indexes:
+            said += (
+                " INVALID indexes left by an interrupted CREATE INDEX CONCURRENTLY: "
+                f"{', '.join(self.invalid_indexes)} (DROP INDEX CONCURRENTLY them before the next run)."
+            )
+        return said
+
+
+def what_remains(settings: Settings, scripts: MigrationScripts, revision: str) -> Leftovers:
+    """What a failed or cancelled revision left behind.
+
+    Its own transaction rolls back, unless the revision commits part of its
+    work itself (read from its file); a cancelled or failed ``CREATE INDEX
+    CONCURRENTLY`` leaves an INVALID index (asked of the database).
+    """
+    found = scripts.graph.revisions.get(revision)
+    text = ""
+    if found is not None and found.path is not None:
+        try:
+            text = found.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""  # the file went away: nothing to read the revision's intent from
+    return Leftovers(revision, bool(_COMMITS_ITSELF.search(text)), tuple(invalid_indexes(settings)))
+
+
+def invalid_indexes(settings: Settings) -> list[str]:
+    """INVALID indexes in the target schema (PostgreSQL); a short connection of its own."""
+    if settings.url.is_sqlite:
+        return []
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> list[str]:
+        connection = await asyncpg.connect(
+            settings.url.asyncpg_dsn(),
+            timeout=settings.connect_timeout,
+            server_settings={"application_name": f"dbinit-inspect:{settings.service}"[:63]},
+        )
+        try:
+            rows = await connection.fetch(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_index i "
+                "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE NOT i.indisvalid AND n.nspname = coalesce($1, current_schema()) ORDER BY 1",
+                settings.db_schema,
+                timeout=settings.verify_timeout,
+            )
+        finally:
+            await connection.close(timeout=2)
+        return [str(row[0]) for row in rows]
+
+    try:
+        return asyncio.run(read())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # a failure path already: say that this could not be checked, do not hide the first error
+        return [f"(not checked: {type(exc).__name__})"]
+
+
 def migration_error(
-    exc: BaseException, revision: str | None, scripts: MigrationScripts
+    exc: BaseException, revision: str | None, scripts: MigrationScripts, settings: Settings
 ) -> MigrationFailed:
     """A :class:`MigrationFailed` naming the revision and the database's error."""
     orig = getattr(exc, "orig", None)
@@ -277,8 +429,8 @@ def migration_error(
         return MigrationFailed(
             f"migration {revision}{where} failed: {reason}",
             revision=revision,
-            hint="The failed migration was rolled back where the database allows it; fix it "
-            "and run the job again. Earlier migrations of this run stay applied.",
+            hint=f"{what_remains(settings, scripts, revision)} Fix it and run the job again; "
+            "earlier migrations of this run stay applied.",
         )
     return MigrationFailed(
         f"Alembic failed before running a migration: {reason}",

@@ -104,6 +104,7 @@ async def _migrate(
     )
     target = ",".join(scripts.heads) or "head"
     async with migration_lock(settings, log, target=target, control=control) as held:
+        await _check_connection_limits(held)
         # Read the state only now: another job may have migrated while we waited.
         state = await read_state(settings, "migrate")
         control.raise_if_stopping("stopped before migrating")
@@ -138,6 +139,40 @@ async def _migrate(
             duration_ms=round(result.duration_ms, 2),
         )
     return result
+
+
+#: How many sessions ``migrate`` has open at once: the lock's, and one for
+#: the state read, the migration (Alembic's engine) or the verification.
+CONNECTIONS_NEEDED = 2
+
+_LIMITS_QUERY = """
+SELECT r.rolname, r.rolsuper, r.rolconnlimit, d.datname, d.datconnlimit
+  FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
+ WHERE r.rolname = current_user AND d.datname = current_database()
+"""
+
+
+async def _check_connection_limits(held: HeldLock) -> None:
+    """A role or database connection limit below what ``migrate`` needs: exit 2, not a retry loop.
+
+    (Superusers are exempt from both limits, as PostgreSQL does.)
+    """
+    if held.connection is None:
+        return
+    row = await held.connection.fetchrow(_LIMITS_QUERY, timeout=10)
+    if row is None or row["rolsuper"]:
+        return
+    for kind, name, limit, fix in (
+        ("role", row["rolname"], row["rolconnlimit"], "ALTER ROLE"),
+        ("database", row["datname"], row["datconnlimit"], "ALTER DATABASE"),
+    ):
+        if 0 <= limit < CONNECTIONS_NEEDED:
+            raise ConfigurationError(
+                f"migrate needs {CONNECTIONS_NEEDED} connections at once (the migration lock's and "
+                f"the migration's), but the {kind} {name!r} allows {limit}",
+                hint=f'{fix} "{name}" CONNECTION LIMIT {CONNECTIONS_NEEDED} (or more: the '
+                "services' own connections count too), or run the job as another role",
+            )
 
 
 async def _ahead_of_image(
