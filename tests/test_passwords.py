@@ -308,3 +308,59 @@ def test_recreate_refused_in_production(pw_database: PasswordDatabase, project: 
     assert "DBINIT_ALLOW_DESTRUCTIVE=true" in str(document["hint"])
     assert pw_database.database.tables() == {"keep_me"}
     assert_no_password(result)
+
+
+# -- the paths added for hostile input (issue 9) ------------------------------------------
+
+
+@pytest.mark.parametrize("value", [f"postgresql://orders:{PASSWORD}@db.internal/orders", PASSWORD, ENCODED])
+def test_url_file_holding_the_secret_itself(project: Path, value: str) -> None:
+    result = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL_FILE=value)
+    document = json_error(result, 2)
+    assert "looks like a URL or a secret, not a path" in str(document["message"])
+    assert_no_password(result)
+
+
+def test_url_file_not_utf8(project: Path, tmp_path: Path) -> None:
+    url_file = tmp_path / "url"
+    url_file.write_bytes(f"postgresql://orders:{ENCODED}".encode() + b"\xff@db.internal/orders")
+    result = run_dbinit("migrate", "--format", "json", cwd=project, DATABASE_URL_FILE=str(url_file))
+    assert "is not UTF-8 text" in str(json_error(result, 2)["message"])
+    assert_no_password(result)
+
+
+def test_connection_limit_below_two(pw_database: PasswordDatabase, project: Path) -> None:
+    pw_database.database.sql(f"ALTER ROLE {pw_database.role} CONNECTION LIMIT 1")
+    result = run_dbinit("migrate", "--format", "json", cwd=project, DATABASE_URL=pw_database.url)
+    assert "migrate needs 2 connections at once" in str(json_error(result, 2)["message"])
+    assert_no_password(result)
+
+
+def test_env_py_with_another_version_table(pw_database: PasswordDatabase, project: Path) -> None:
+    result = run_dbinit("migrate", "--format", "json", cwd=project, DATABASE_URL=pw_database.url,
+                        DBINIT_VERSION_TABLE="orders_version", DBINIT_SCHEMA="public")
+    assert result.returncode == 0, result.output  # reaches Alembic: same table written and verified
+    assert pw_database.database.sql("SELECT version_num FROM orders_version") == [(HEAD,)]
+    assert_no_password(result)
+
+
+def test_recreate_with_an_unimportable_revision(pw_database: PasswordDatabase, project: Path) -> None:
+    pw_database.database.sql("CREATE TABLE keep_me (id integer)")
+    path = add_revision(project, "badbadbad002", HEAD)
+    path.write_text(
+        path.read_text().replace("import sqlalchemy as sa", "import a_package_that_is_not_installed")
+    )
+    result = run_dbinit("migrate", "--format", "json", "--force-recreate", cwd=project,
+                        DATABASE_URL=pw_database.url)
+    assert "a migration file cannot be imported" in str(json_error(result, 2)["message"])
+    assert pw_database.database.tables() == {"keep_me"}
+    assert_no_password(result)
+
+
+def test_failed_revision_that_commits_part_of_its_work(pw_database: PasswordDatabase, project: Path) -> None:
+    add_revision(project, "badbadbad003", HEAD,
+                 body='op.execute("COMMIT")\nop.execute("SELECT * FROM no_such_table")')
+    result = run_dbinit("migrate", "--format", "json", cwd=project, DATABASE_URL=pw_database.url)
+    document = json_error(result, 5)
+    assert "commits part of its work itself" in str(document["hint"])
+    assert_no_password(result)
