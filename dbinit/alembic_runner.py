@@ -13,11 +13,11 @@ import contextlib
 import dataclasses
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dbinit.errors import ConfigurationError, Interrupted, MigrationFailed
+from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError, Interrupted, MigrationFailed
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -158,8 +158,6 @@ def upgrade(
     try:
         with session_settings(settings, control), environment:
             script.run_env()
-    except ConfigurationError:
-        raise  # found while env.py configured the context: before any migration ran
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
         if control is not None and control.stopping:
@@ -173,7 +171,9 @@ def upgrade(
                 hint=(f"{remains} " if remains else "")
                 + "The lock was released; run the migration job again.",
             ) from None
-        raise migration_error(exc, failing, scripts, settings) from exc
+        if isinstance(exc, DbinitError):
+            raise  # ours, already classified (e.g. a version table env.py configures differently)
+        raise migration_error(exc, failing, scripts, settings, applied) from exc
     return applied
 
 
@@ -409,20 +409,21 @@ def invalid_indexes(settings: Settings) -> list[str]:
 
 
 def migration_error(
-    exc: BaseException, revision: str | None, scripts: MigrationScripts, settings: Settings
-) -> MigrationFailed:
-    """A :class:`MigrationFailed` naming the revision and the database's error."""
-    orig = getattr(exc, "orig", None)
-    if orig is not None:
-        # SQLAlchemy's asyncpg adapter wraps the driver's error: name the real one
-        named = orig.__cause__ if type(orig).__name__ == "Error" and orig.__cause__ else orig
-        reason = f"{type(named).__name__}: {str(orig).strip().splitlines()[0]}"
-        statement = getattr(exc, "statement", None)
-        if statement:
-            short = " ".join(str(statement).split())
-            reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
-    else:
-        reason = f"{type(exc).__name__}: {exc}"
+    exc: BaseException,
+    revision: str | None,
+    scripts: MigrationScripts,
+    settings: Settings,
+    applied: Sequence[str] = (),
+) -> DbinitError:
+    """The error for a failed ``upgrade``: who failed, and whether a Job should retry.
+
+    A revision failed while running: :class:`MigrationFailed` (exit 5, naming
+    it). Before the first revision ran -- env.py failed to import or raised, a
+    driver is missing -- nothing was migrated and a retry cannot help:
+    :class:`ConfigurationError` (exit 2, final); unless env.py's engine could
+    not reach the database: :class:`DatabaseUnreachable` (exit 3, retryable).
+    """
+    reason = describe_failure(exc)
     if revision is not None:
         path = scripts.graph.revisions.get(revision)
         where = f" ({Path(path.path).name})" if path is not None and path.path else ""
@@ -432,7 +433,53 @@ def migration_error(
             hint=f"{what_remains(settings, scripts, revision)} Fix it and run the job again; "
             "earlier migrations of this run stay applied.",
         )
-    return MigrationFailed(
-        f"Alembic failed before running a migration: {reason}",
-        hint="Check env.py and the database URL it builds",
+    if applied:
+        return MigrationFailed(
+            f"Alembic failed after the migrations ran ({', '.join(applied)} applied): {reason}",
+            hint="Check what env.py does after run_migrations(); the applied migrations stay",
+        )
+    if _is_connection_failure(exc):
+        return DatabaseUnreachable(
+            f"env.py could not connect to the database: {reason}",
+            hint="Nothing was migrated. Is the database reachable from the job? A retry reconnects",
+        )
+    return ConfigurationError(
+        f"env.py failed before the first migration ran: {reason}",
+        hint="Nothing was migrated; a retry will not help. Check env.py and what it imports "
+        "(the application's settings and the secrets they need in the job's environment)",
     )
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the driver's error (not SQLAlchemy's wrapper) and the statement, shortened."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return f"{type(exc).__name__}: {exc}"
+    # SQLAlchemy's asyncpg adapter wraps the driver's error: name the real one
+    named = orig.__cause__ if type(orig).__name__ == "Error" and orig.__cause__ else orig
+    reason = f"{type(named).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"
+    statement = getattr(exc, "statement", None)
+    if statement:
+        short = " ".join(str(statement).split())
+        reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
+    return reason
+
+
+_CONNECT_FAILURES = (
+    "InvalidPasswordError", "InvalidAuthorizationSpecificationError", "InvalidCatalogNameError",
+    "CannotConnectNowError", "TooManyConnectionsError", "ConnectionDoesNotExistError",
+)
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """Whether the chain of ``exc`` holds a failure to reach the database (any driver)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (OSError, TimeoutError)) or type(current).__name__ in _CONNECT_FAILURES:
+            return True
+        if type(current).__module__.startswith("psycopg") and type(current).__name__ == "OperationalError":
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False

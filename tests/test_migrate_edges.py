@@ -168,3 +168,33 @@ def test_a_connection_limit_of_one_is_a_configuration_error(
     assert pg_database.tables() == set()
     # verify needs only one
     assert run_dbinit("verify", cwd=project, DATABASE_URL=limited_role).returncode == 4
+
+
+# -- a failure before the first revision: final (2) or unreachable (3), never 5 -------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "code", "expected"),
+    [
+        (("target_metadata = None", "raise RuntimeError('SECRET_KEY is not set')"), 2,
+         "env.py failed before the first migration ran: RuntimeError: SECRET_KEY is not set"),
+        (("from alembic import context", "from alembic import context\nimport myapp_settings_module"), 2,
+         "env.py failed before the first migration ran: ModuleNotFoundError"),
+        (('config.get_section(config.config_ini_section, {}),',
+          '{"sqlalchemy.url": "postgresql+asyncpg://postgres@127.0.0.1:1/elsewhere"},'), 3,
+         "env.py could not connect to the database: "),
+    ],
+    ids=["raises", "missing-module", "own-url-unreachable"],
+)
+def test_env_py_failing_before_any_revision(
+    project: Path, pg_database: TestDatabase, edit: tuple[str, str], code: int, expected: str
+) -> None:
+    env = project / "migrations" / "env.py"
+    text = env.read_text()
+    assert edit[0] in text
+    env.write_text(text.replace(edit[0], edit[1]))
+    result = run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url)
+    assert result.returncode == code, result.output
+    assert expected in result.stderr
+    assert "Nothing was migrated" in result.stderr
+    assert pg_database.tables() == set()
