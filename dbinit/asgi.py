@@ -1,9 +1,10 @@
 """ASGI integration: a service accepts no request before its database verifies.
 
 Verification only, never migration, whatever ``DB_FORCE_RECREATE`` says.
-Two ways in, same behaviour, both built on :class:`DatabaseGate`:
+Three ways in, same behaviour, all built on :class:`DatabaseGate`:
 
-FastAPI / Starlette::
+FastAPI / Starlette (``lifespan``; ``middleware`` adds the probes and makes the
+failure message one line instead of Starlette's traceback text)::
 
     gate = DatabaseGate()                                  # settings from the environment
     app = FastAPI(lifespan=gate.lifespan(app_lifespan))    # verify, then the app's own lifespan
@@ -225,8 +226,10 @@ class DatabaseGate:
 
     @property
     def log(self) -> FilteringBoundLogger:
-        """The gate's redacting logger. It never loads the settings, so it cannot fail with them:
-        until they are known it is bound to a service name found without them."""
+        """The gate's redacting logger; it never loads the settings, so it cannot fail with them.
+
+        Until they are known it is bound to a service name found without them.
+        """
         if self._log is not None:
             return self._log
         if self._settings is None:
