@@ -502,6 +502,7 @@ class GateMiddleware:
 
     async def _probe(self, scope: Scope, send: Send) -> None:
         settings = self.gate.settings
+        body: dict[str, object]
         if scope["path"] == settings.liveness_path:
             status, body = 200, {"status": "alive", "service": settings.service}
         else:
