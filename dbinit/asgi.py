@@ -1,9 +1,10 @@
 """ASGI integration: a service accepts no request before its database verifies.
 
 Verification only, never migration, whatever ``DB_FORCE_RECREATE`` says.
-Two ways in, same behaviour, both built on :class:`DatabaseGate`:
+Three ways in, same behaviour, all built on :class:`DatabaseGate`:
 
-FastAPI / Starlette::
+FastAPI / Starlette (``lifespan``; ``middleware`` adds the probes and makes the
+failure message one line instead of Starlette's traceback text)::
 
     gate = DatabaseGate()                                  # settings from the environment
     app = FastAPI(lifespan=gate.lifespan(app_lifespan))    # verify, then the app's own lifespan
@@ -19,11 +20,21 @@ unreachable database is retried with backoff until ``DBINIT_STARTUP_TIMEOUT``.
 After success the report is on ``app.state.dbinit`` (Starlette), in the
 lifespan state (``request.state.dbinit``) and on ``gate.report``.
 
+Every failure during startup, of any kind, ends in ``lifespan.startup.failed``
+(never in an exception alone, which uvicorn's ``--lifespan auto`` takes for
+"lifespan unsupported" and then serves): a dbinit error (configuration,
+unreachable, not ready) as one line with its hint; anything else as a bug,
+its traceback logged once. The message is built before anything that could
+raise, and the logger used on that path does not need the settings (they may
+be what failed). The settings are resolved once, at startup; their failure is
+never hidden. Messages and log lines go through a :class:`~dbinit.logs.Redactor`
+that knows the URL's password.
+
 Probes, off by default (``DBINIT_READINESS_PATH``, ``DBINIT_LIVENESS_PATH``):
 readiness re-verifies on one kept connection, at most once per
 ``DBINIT_READINESS_CACHE`` seconds whatever the request rate, and answers 200
-or 503 with the report as JSON; liveness never touches the database.
-Shutdown closes every connection dbinit opened.
+or 503 with the report (or the error) as JSON; liveness never touches the
+database. Shutdown closes every connection dbinit opened.
 """
 
 from __future__ import annotations
@@ -31,11 +42,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError, NotReady
+from dbinit.errors import DatabaseUnreachable, DbinitError, ExitCode, NotReady, PluginError
+from dbinit.logs import Redactor
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -52,25 +67,96 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 AppLifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
+#: How a startup failure is reported: one line, a bug (with its traceback), or an interruption.
+FailureKind = Literal["expected", "bug", "interrupted"]
+
+_WHAT = {
+    ExitCode.USAGE_ERROR: "configuration error",
+    ExitCode.DATABASE_UNREACHABLE: "database unreachable",
+    ExitCode.NOT_READY: "database not ready",
+}
 
 
 class StartupFailed(DbinitError):
-    """The database did not verify at startup (an expected failure: no traceback)."""
+    """The service must not start; ``str()`` is the ``lifespan.startup.failed`` message.
 
-    def __init__(self, cause: DbinitError) -> None:
-        super().__init__(cause.message, hint=cause.hint)
-        self.exit_code = cause.exit_code
+    ``cause`` is what failed. ``expected`` is True for a dbinit error
+    (configuration, unreachable, not ready: no traceback) and False for a
+    bug in dbinit or a plugin, whose traceback was logged.
+    """
+
+    def __init__(self, cause: BaseException, message: str, *, expected: bool) -> None:
+        super().__init__(message, hint=cause.hint if isinstance(cause, DbinitError) else "")
         self.cause = cause
+        self.expected = expected
+        self.exit_code = cause.exit_code if isinstance(cause, DbinitError) else ExitCode.INTERNAL_ERROR
 
     def __str__(self) -> str:
-        return startup_message(self.cause)
+        return self.message
 
 
-def startup_message(error: DbinitError) -> str:
-    text = f"dbinit: database not ready, refusing to start: {error.message}"
-    if error.hint:
-        text += f" (hint: {error.hint})"
-    return text
+def describe_failure(exc: BaseException) -> tuple[str, FailureKind]:
+    """The one-line ``lifespan.startup.failed`` message for ``exc``, and its kind."""
+    if isinstance(exc, DbinitError) and exc.exit_code != ExitCode.INTERNAL_ERROR:
+        text = f"dbinit: {_WHAT.get(exc.exit_code, 'startup failed')}, refusing to start: {exc.message}"
+        kind: FailureKind = "expected"
+    elif isinstance(exc, PluginError):
+        text = f"dbinit: a bug in a plugin (traceback logged), refusing to start: {exc.message}"
+        kind = "bug"
+    elif isinstance(exc, Exception):
+        reason = exc.message if isinstance(exc, DbinitError) else f"{type(exc).__name__}: {exc}"
+        text = (
+            "dbinit: internal error (a bug in dbinit: please report it with the traceback "
+            f"logged), refusing to start: {reason}"
+        )
+        kind = "bug"
+    else:
+        text = f"dbinit: startup interrupted ({type(exc).__name__}), refusing to start"
+        kind = "interrupted"
+    hint = exc.hint if isinstance(exc, DbinitError) else ""
+    if hint:
+        text += f" (hint: {hint})"
+    return " ".join(text.split()), kind  # one line, whatever the reason held
+
+
+def _service_without_settings(given: Settings | None) -> str:
+    """The service name for log lines when the settings did not load (they may be what failed)."""
+    if given is not None and given.service_name:
+        return given.service_name
+    for name, value in os.environ.items():
+        if name.upper() == "SERVICE_NAME" and value:
+            return value
+    try:
+        return Path.cwd().name
+    except OSError:  # the working directory was removed: still log, under a generic name
+        return "unknown"
+
+
+def _redacting_logger(service: str, redactor: Redactor) -> FilteringBoundLogger:
+    """structlog as the application configured it, with ``redactor`` before and after rendering.
+
+    Before: the event's values, except ``exc_info`` (the redactor would turn an
+    exception into its text, and the renderer would then format whatever
+    exception is being handled instead); after: the rendered line, so a
+    traceback rendered from ``exc_info`` is redacted too.
+    """
+    import structlog
+
+    configured = list(structlog.get_config()["processors"])
+
+    def redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        exc_info = event.pop("exc_info", None)
+        event = redactor(logger, method, event)
+        if exc_info is not None:
+            event["exc_info"] = exc_info
+        return event
+
+    def redact_rendered(logger: Any, method: str, rendered: Any) -> Any:
+        return redactor.text(rendered) if isinstance(rendered, str) else rendered
+
+    processors = [*configured[:-1], redact_event, *configured[-1:], redact_rendered]
+    logger: FilteringBoundLogger = structlog.wrap_logger(None, processors=processors).bind(service=service)
+    return logger
 
 
 class DatabaseGate:
@@ -95,6 +181,9 @@ class DatabaseGate:
         }
         self._clock = clock
         self._settings: Settings | None = None
+        self._settings_error: Exception | None = None
+        self._settings_traceback: types.TracebackType | None = None
+        self._redactor = Redactor()
         self._registry: Registry | None = None
         self._scripts: MigrationScripts | None = None
         self._probe: Probe | None = None
@@ -102,29 +191,50 @@ class DatabaseGate:
         self._lock = asyncio.Lock()
         self._checked_at: float | None = None
         self._readiness: tuple[int, dict[str, object]] | None = None
+        self._logged_state: tuple[int, str] | None = None
         self.report: VerifyReport | None = None
-        self.failure: DbinitError | None = None
+        #: Why the last startup failed (its ``str()`` is the startup.failed message).
+        self.failure: StartupFailed | None = None
 
-    # -- configuration (resolved at startup, never at import) ------------------
+    # -- configuration (resolved once, at startup, never at import) ----------------
 
     @property
     def settings(self) -> Settings:
+        """The settings, resolved on first use; a failure is kept and raised again, never re-read."""
         if self._settings is None:
-            from dbinit.settings import load_settings
-
-            overrides = {k: v for k, v in self._overrides.items() if v is not None}
-            if self._given_settings is not None:
-                self._settings = self._given_settings.model_copy(update=overrides)
-            else:
-                self._settings = load_settings(**overrides)
+            if self._settings_error is not None:
+                error = self._settings_error
+                raise error.with_traceback(self._settings_traceback)
+            try:
+                self._settings = self._resolve_settings()
+            except Exception as exc:
+                self._settings_error, self._settings_traceback = exc, exc.__traceback__
+                raise
         return self._settings
+
+    def _resolve_settings(self) -> Settings:
+        from dbinit.settings import load_settings
+
+        overrides = {k: v for k, v in self._overrides.items() if v is not None}
+        if self._given_settings is not None:
+            settings = self._given_settings.model_copy(update=overrides)
+        else:
+            settings = load_settings(**overrides)
+        # parses the URL (a malformed one fails here, as a configuration error)
+        self._redactor.add(settings.url.password)
+        return settings
 
     @property
     def log(self) -> FilteringBoundLogger:
-        if self._log is None:
-            from dbinit.logs import get_logger
+        """The gate's redacting logger; it never loads the settings, so it cannot fail with them.
 
-            self._log = get_logger(self.settings.service)
+        Until they are known it is bound to a service name found without them.
+        """
+        if self._log is not None:
+            return self._log
+        if self._settings is None:
+            return _redacting_logger(_service_without_settings(self._given_settings), self._redactor)
+        self._log = _redacting_logger(self._settings.service, self._redactor)
         return self._log
 
     # -- lifecycle ---------------------------------------------------------------
@@ -132,17 +242,51 @@ class DatabaseGate:
     async def startup(self) -> VerifyReport:
         """Verify, retrying an unreachable database until the startup timeout.
 
-        Raises :class:`StartupFailed` (expected: not ready, unreachable,
-        misconfigured); any other exception is a bug and propagates as is.
+        Every failure raises :class:`StartupFailed` (a cancellation or an
+        interrupt propagates as itself), once :attr:`failure` holds the
+        startup.failed message and the failure was logged.
         """
+        self.failure = None
         try:
             return await self._startup()
-        except DbinitError as exc:
+        except BaseException as exc:
+            failure = self._record_failure(exc)
+            await self._drop_probe()
+            if isinstance(exc, Exception):
+                raise failure from None
+            raise
+
+    def _record_failure(self, exc: BaseException) -> StartupFailed:
+        """Build the startup.failed message, then log the failure once. Never raises."""
+        if isinstance(exc, StartupFailed):
             self.failure = exc
-            await self.shutdown()
-            self.log.error("Database verification failed at startup - not starting",
-                           reason=exc.message, hint=exc.hint)
-            raise StartupFailed(exc) from None
+            return exc
+        try:
+            message, kind = describe_failure(exc)
+            message = self._redactor.text(message)
+        except Exception:  # a broken __str__ or worse: there must be a message; this one holds no value
+            message, kind = f"dbinit: internal error (a bug), refusing to start: {type(exc).__name__}", "bug"
+        self.failure = StartupFailed(exc, message, expected=kind == "expected")
+        # the message is built and carries the same reason: a broken logging setup must not stop it
+        with contextlib.suppress(Exception):
+            self._log_failure(exc, kind)
+        return self.failure
+
+    def _log_failure(self, exc: BaseException, kind: FailureKind) -> None:
+        if kind == "interrupted":
+            self.log.warning("Startup interrupted - not starting", reason=type(exc).__name__)
+        elif kind == "expected" and isinstance(exc, DbinitError):
+            what = _WHAT.get(exc.exit_code, "startup failed")
+            self.log.error(f"{what.capitalize()} at startup - not starting",
+                           reason=exc.message, hint=exc.hint, exit_code=int(exc.exit_code))
+        elif isinstance(exc, PluginError):
+            # the plugin's own exception (the PluginError names the plugin) holds the useful traceback
+            self.log.error("A plugin failed at startup (a bug in the plugin) - not starting",
+                           plugin=exc.plugin, reason=exc.message, exc_info=exc.__cause__ or exc)
+        else:
+            reason = self.failure.message if self.failure is not None else type(exc).__name__
+            self.log.error("Internal error at startup (a bug in dbinit) - not starting",
+                           reason=reason, exc_info=exc)
 
     async def _startup(self) -> VerifyReport:
         from dbinit.pluginmanager import Registry
@@ -204,7 +348,12 @@ class DatabaseGate:
     # -- readiness ---------------------------------------------------------------
 
     def _remember(self, report: VerifyReport) -> None:
-        self._readiness = (200 if report.ok else 503, report.to_json())
+        """The startup report (a passing one) is the first readiness answer."""
+        self._set(200, report.to_json())
+        self._logged_state = (200, "")
+
+    def _set(self, status: int, body: dict[str, object]) -> None:
+        self._readiness = (status, body)
         self._checked_at = self._clock()
 
     async def readiness(self) -> tuple[int, dict[str, object]]:
@@ -230,41 +379,60 @@ class DatabaseGate:
         from dbinit.verify import verify
 
         if self._registry is None or self._scripts is None:
-            self._readiness = (503, {"ok": False, "action": "failed", "message": "not started"})
-            self._checked_at = self._clock()
+            self._set(503, {"ok": False, "action": "failed", "message": "not started"})
             return
         try:
             probe = await self._connect()
             report = await verify(
                 self.settings, self._registry, self.log, scripts=self._scripts, probe=probe, quiet=True
             )
-        except DatabaseUnreachable as exc:
-            await self._drop_probe()
-            self._log_change(503, exc.message, exc.hint)
-            self._readiness = (503, {"ok": False, "action": "failed", "message": exc.message,
-                                     "hint": exc.hint, "service": self.settings.service})
-            self._checked_at = self._clock()
-            return
-        except Exception:
+        except Exception as exc:
             await self._drop_probe()  # a broken connection is reopened next time
-            raise
-        self._log_change(200 if report.ok else 503, report.message, report.hint)
-        self._remember(report)
-
-    def _log_change(self, status: int, message: str, hint: str) -> None:
-        """Readiness re-checks are quiet; a change of state is logged once."""
-        previous = self._readiness[0] if self._readiness is not None else None
-        if status == previous:
+            self._refresh_failed(exc)
             return
+        self._log_change(200 if report.ok else 503, report.message, report.hint)
+        self._set(200 if report.ok else 503, report.to_json())
+
+    def _refresh_failed(self, exc: Exception) -> None:
+        """A re-check that raised: 503 with the reason as JSON, cached like any answer."""
+        if isinstance(exc, DbinitError):
+            message, hint = exc.message, exc.hint
+            self._log_change(503, message, hint)
+        else:
+            message, hint = f"internal error (a bug in dbinit): {type(exc).__name__}: {exc}", ""
+            self._log_change(503, message, hint, exc_info=exc)
+        self._set(503, {
+            "ok": False,
+            "action": "failed",
+            "message": self._redactor.text(message),
+            "hint": self._redactor.text(hint),
+            "error": type(exc).__name__,
+            "service": self.settings.service,
+        })
+
+    def _log_change(
+        self, status: int, message: str, hint: str, exc_info: BaseException | None = None
+    ) -> None:
+        """Readiness re-checks are quiet; a change of state (status or reason) is logged once."""
+        state = (status, "" if status == 200 else message)
+        if state == self._logged_state:
+            return
+        self._logged_state = state
         if status == 200:
             self.log.info("Database readiness restored", message=message)
         else:
-            self.log.error("Database readiness lost", reason=message, hint=hint)
+            extra = {"exc_info": exc_info} if exc_info is not None else {}
+            self.log.error("Database readiness lost", reason=message, hint=hint, **extra)
 
-    # -- the two ways in -----------------------------------------------------------
+    # -- the ways in -----------------------------------------------------------------
 
     def lifespan(self, app_lifespan: AppLifespan | None = None) -> AppLifespan:
-        """A Starlette/FastAPI ``lifespan``: verify, then ``app_lifespan``."""
+        """A Starlette/FastAPI ``lifespan``: verify, then ``app_lifespan``.
+
+        A failure raises :class:`StartupFailed`; Starlette sends it in
+        ``lifespan.startup.failed`` (as a traceback: :meth:`middleware`
+        makes it the one line).
+        """
 
         @contextlib.asynccontextmanager
         async def dbinit_lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
@@ -317,10 +485,9 @@ class GateMiddleware:
         await self.app(scope, receive, send)
 
     def _probe_paths(self) -> tuple[str | None, str | None]:
-        try:
-            settings = self.gate.settings
-        except ConfigurationError:
-            return (None, None)
+        # Resolved at startup. Settings that failed to load failed the lifespan, so the
+        # server never serves; without a lifespan (--lifespan off) the error surfaces here.
+        settings = self.gate.settings
         return (settings.readiness_path, settings.liveness_path)
 
     def _clean_failures(self, send: Send) -> Send:
@@ -328,13 +495,14 @@ class GateMiddleware:
 
         async def clean_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed" and self.gate.failure is not None:
-                message = {**message, "message": startup_message(self.gate.failure)}
+                message = {**message, "message": str(self.gate.failure)}
             await send(message)
 
         return clean_send
 
     async def _probe(self, scope: Scope, send: Send) -> None:
         settings = self.gate.settings
+        body: dict[str, object]
         if scope["path"] == settings.liveness_path:
             status, body = 200, {"status": "alive", "service": settings.service}
         else:
@@ -353,17 +521,14 @@ class GateMiddleware:
         message = await receive()
         assert message["type"] == "lifespan.startup", message
         try:
-            report = await self.gate.startup()
-        except StartupFailed as exc:
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            inner, started = await self._start(scope)
+        except BaseException as exc:
+            # whatever failed, the server hears startup.failed: raising alone would read
+            # as "lifespan unsupported" under uvicorn's --lifespan auto, which then serves
+            failure = self.gate.failure if self.gate.failure is not None else self.gate._record_failure(exc)
+            await send({"type": "lifespan.startup.failed", "message": str(failure)})
+            await self.gate.shutdown()
             raise
-        if isinstance(scope.get("state"), dict):
-            scope["state"]["dbinit"] = report
-        state = getattr(self.app, "state", None)
-        if state is not None:
-            state.dbinit = report
-        inner = _InnerLifespan(self.app, scope)
-        started = await inner.startup()
         if started is not None:  # the app's own startup failed
             await self.gate.shutdown()
             await send({"type": "lifespan.startup.failed", "message": started})
@@ -377,6 +542,17 @@ class GateMiddleware:
             await send({"type": "lifespan.shutdown.failed", "message": stopped})
         else:
             await send({"type": "lifespan.shutdown.complete"})
+
+    async def _start(self, scope: Scope) -> tuple[_InnerLifespan, str | None]:
+        """Verify, then start the wrapped app's own lifespan (its failure message, if any)."""
+        report = await self.gate.startup()
+        if isinstance(scope.get("state"), dict):
+            scope["state"]["dbinit"] = report
+        state = getattr(self.app, "state", None)
+        if state is not None:
+            state.dbinit = report
+        inner = _InnerLifespan(self.app, scope)
+        return inner, await inner.startup()
 
 
 class _InnerLifespan:
@@ -430,6 +606,7 @@ class _InnerLifespan:
             return f"application shutdown raised {error!r}" if error else None
         if message["type"] == "lifespan.shutdown.failed":
             return str(message.get("message") or "application shutdown failed")
+        # it answered shutdown.complete: how its task ends after that changes nothing here
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(self.task, timeout=5)
         return None

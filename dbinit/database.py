@@ -204,6 +204,8 @@ class PostgresProbe:
             except asyncpg.UndefinedTableError:
                 chunks.clear()
                 await self._connection.copy_from_query(fallback, output=sink, timeout=self._timeout)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._denied(exc) from None
         except _lost_errors() as exc:
             raise self._lost(exc) from None
         return parse_postgres_state(b"".join(chunks).decode())
@@ -216,6 +218,8 @@ class PostgresProbe:
                 row = await self._connection.fetchrow(query, timeout=self._timeout)
             except asyncpg.UndefinedTableError:
                 row = await self._connection.fetchrow(fallback, timeout=self._timeout)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._denied(exc) from None
         except _lost_errors() as exc:
             raise self._lost(exc) from None
         assert row is not None
@@ -227,6 +231,22 @@ class PostgresProbe:
             f"connection to the database lost during verification: {describe_connect_error(exc)}",
             hint="The server restarted or failed over, or DBINIT_VERIFY_TIMEOUT was hit; "
             "a retry reconnects",
+        )
+
+    def _denied(self, exc: BaseException) -> DatabaseUnreachable:
+        """The role may not read the state: exit 3 like a refused login, naming the object and the GRANT."""
+        role = getattr(self._connection.get_settings(), "session_authorization", None) or "the service's role"
+        text = str(exc)
+        name = text.removeprefix("permission denied for ").partition(" ")[2]
+        if text.startswith("permission denied for schema "):
+            grant = f"GRANT USAGE ON SCHEMA {name}"
+        elif text.startswith("permission denied for ") and name:
+            grant = f"GRANT SELECT ON {name}"
+        else:  # a localized server message: the version table is what the state reads
+            grant = "GRANT SELECT ON the version table (DBINIT_VERSION_TABLE)"
+        return DatabaseUnreachable(
+            f"permission denied reading the database state: {text}",
+            hint=f"{grant} TO {role} (run by the table's owner, e.g. in the migration job)",
         )
 
     async def close(self) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dbinit.asgi import DatabaseGate, StartupFailed
+from dbinit.errors import ConfigurationError
 from dbinit.settings import load_settings
-from tests.plugins.databases import TestDatabase, run_dbinit
+from tests.plugins.databases import SECRET, TestDatabase, run_dbinit
 
 
 class FakeClock:
@@ -245,3 +248,233 @@ def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_databas
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("not reached")
+
+
+# -- every startup failure ends in startup.failed (the lifespan protocol, no server) --------
+
+SECRET_PG_URL = f"postgresql+asyncpg://svc:{SECRET}@127.0.0.1:1/orders"
+BOOM_PLUGIN = '''
+from dbinit import hookimpl
+from dbinit.checks import Check
+
+def explode(facts):
+    raise RuntimeError("plugin exploded")
+
+@hookimpl
+def dbinit_checks():
+    return [Check(id="gateunit.E001", name="explodes", func=explode, requires_database=False)]
+'''
+#: case -> (environment, what the message names, exit code the failure carries)
+STARTUP_FAILURES: dict[str, tuple[dict[str, str], str, int]] = {
+    "prod": ({"ENVIRONMENT": "prod", "DATABASE_URL": SECRET_PG_URL}, "ENVIRONMENT must be one of", 2),
+    "malformed-url": ({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, "invalid port", 2),
+    "missing-url-file": ({"DATABASE_URL_FILE": "{tmp}/missing"}, "DATABASE_URL_FILE", 2),
+    "bad-timeout": ({"DBINIT_STARTUP_TIMEOUT": "abc"}, "DBINIT_STARTUP_TIMEOUT", 2),
+    "unreachable": ({"DATABASE_URL": SECRET_PG_URL, "DBINIT_STARTUP_TIMEOUT": "0.2"}, "gave up after", 3),
+    "unmigrated": ({"DATABASE_URL": "sqlite+aiosqlite:///{tmp}/db.sqlite3"}, "dbinit.E002", 4),
+    "plugin-raises": (
+        {"DATABASE_URL": "sqlite+aiosqlite:///{tmp}/db.sqlite3", "DBINIT_PLUGINS": "gate_unit_boom"},
+        "a bug in a plugin",
+        1,
+    ),
+    # a non-dbinit exception inside the gate, its text holding the password
+    "dbinit-bug": ({"DATABASE_URL": SECRET_PG_URL}, "internal error (a bug in dbinit", 1),
+}
+WAYS_IN = ["wrap", "starlette", "starlette+middleware"]
+
+
+@pytest.fixture
+def gate_env(monkeypatch: pytest.MonkeyPatch, project: Path) -> pytest.MonkeyPatch:
+    """The project as working directory, no dbinit settings from outside."""
+    seed_names = ("SERVICE_NAME", "ENVIRONMENT", "DB_FORCE_RECREATE")
+    for name in list(os.environ):
+        ours = name.startswith(("DBINIT_", "DATABASE_URL")) and name != "DBINIT_TEST_POSTGRES_URL"
+        if ours or name in seed_names:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(project)
+    return monkeypatch
+
+
+@pytest.fixture
+def gate_log() -> Iterator[io.StringIO]:
+    """What the gate logs, rendered as on a console (no colours)."""
+    import structlog
+
+    stream = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        logger_factory=structlog.PrintLoggerFactory(stream),
+    )
+    try:
+        yield stream
+    finally:
+        structlog.reset_defaults()
+
+
+def gated_app(way: str, gate: DatabaseGate, ran: list[str]) -> Any:
+    if way == "wrap":
+
+        async def service(scope: Any, receive: Any, send: Any) -> None:
+            ran.append(scope["type"])
+
+        return gate.wrap(service)
+    from starlette.applications import Starlette
+
+    @contextlib.asynccontextmanager
+    async def own(app: Any) -> AsyncIterator[None]:
+        ran.append("own lifespan")
+        yield
+
+    app = Starlette(lifespan=gate.lifespan(own))
+    if way == "starlette+middleware":
+        app.add_middleware(gate.middleware)
+    return app
+
+
+def _broken_clock() -> float:
+    raise RuntimeError(f"clock broke near {SECRET}")
+
+
+@pytest.mark.parametrize("case", list(STARTUP_FAILURES))
+@pytest.mark.parametrize("way", WAYS_IN)
+def test_every_startup_failure_sends_startup_failed(
+    way: str, case: str, gate_env: pytest.MonkeyPatch, gate_log: io.StringIO, tmp_path: Path
+) -> None:
+    env, names, exit_code = STARTUP_FAILURES[case]
+    for name, value in env.items():
+        gate_env.setenv(name, value.replace("{tmp}", str(tmp_path)))
+    if case == "plugin-raises":
+        (tmp_path / "gate_unit_boom.py").write_text(BOOM_PLUGIN)
+        gate_env.syspath_prepend(str(tmp_path))
+    ran: list[str] = []
+    gate = DatabaseGate(clock=_broken_clock) if case == "dbinit-bug" else DatabaseGate()
+    sent, error = asyncio.run(drive_lifespan(gated_app(way, gate, ran)))
+
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert isinstance(error, StartupFailed) and error is gate.failure  # raised after startup.failed
+    assert ran == []  # neither the app's own lifespan nor anything else of it ran
+    assert int(gate.failure.exit_code) == exit_code
+    assert gate.failure.expected is (exit_code != 1)
+    message, logged = sent[0]["message"], gate_log.getvalue()
+    if way == "starlette":  # Starlette's Router sends its traceback text, ending in our line
+        assert message.rstrip().endswith(str(gate.failure))
+    else:
+        assert message == str(gate.failure) and "\n" not in message and "Traceback" not in message
+    assert names in message and "refusing to start" in message
+    assert SECRET not in message and SECRET not in logged
+    if case == "dbinit-bug":
+        assert "clock broke near ***" in message  # redacted, not dropped
+    # a bug's traceback is logged once; an expected failure logs one line, no traceback
+    assert logged.count("Traceback (most recent call last)") == (1 if exit_code == 1 else 0), logged
+    assert logged.count("not starting") == 1, logged
+
+
+def test_settings_are_resolved_once_and_their_failure_never_hidden(
+    gate_env: pytest.MonkeyPatch, gate_log: io.StringIO
+) -> None:
+    gate_env.setenv("DBINIT_STARTUP_TIMEOUT", "abc")
+    ran: list[str] = []
+    gate = DatabaseGate(readiness_path="/readyz")
+    app = gated_app("wrap", gate, ran)
+    sent, error = asyncio.run(drive_lifespan(app))
+    assert sent[0]["type"] == "lifespan.startup.failed" and isinstance(error, StartupFailed)
+    first = error.cause
+    gate_env.setenv("DBINIT_STARTUP_TIMEOUT", "5")  # fixed in the environment: not read again
+    with pytest.raises(ConfigurationError) as again:
+        _ = gate.settings
+    assert again.value is first
+    # a server that ignored startup.failed would still not get a silent pass-through:
+    # the probe paths cannot be known, so every request fails loudly
+    for path in ("/readyz", "/"):
+        with pytest.raises(ConfigurationError):
+            asyncio.run(http_get(app, path))
+    assert ran == []
+
+
+def test_the_failure_path_survives_a_broken_logger(gate_env: pytest.MonkeyPatch) -> None:
+    import structlog
+
+    def broken(logger: Any, method: str, event: Any) -> Any:
+        raise RuntimeError("logging is broken")
+
+    structlog.configure(processors=[broken])
+    try:
+        gate_env.setenv("ENVIRONMENT", "prod")
+        sent, error = asyncio.run(drive_lifespan(DatabaseGate().wrap(_no_app)))
+    finally:
+        structlog.reset_defaults()
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "ENVIRONMENT must be one of" in sent[0]["message"]
+    assert isinstance(error, StartupFailed)
+
+
+def test_a_cancelled_startup_still_sends_startup_failed(
+    gate_env: pytest.MonkeyPatch, gate_log: io.StringIO, sqlite_database: TestDatabase
+) -> None:
+    gate_env.setenv("DATABASE_URL", sqlite_database.url)
+
+    def cancelled() -> float:
+        raise asyncio.CancelledError
+
+    app = DatabaseGate(clock=cancelled).wrap(_no_app)
+
+    async def scenario() -> tuple[list[dict[str, Any]], BaseException | None]:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await inbox.put({"type": "lifespan.startup"})
+        sent: list[dict[str, Any]] = []
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        try:
+            await app(scope, inbox.get, lambda m: _append(sent, m))
+        except BaseException as exc:  # the cancellation itself: what the test looks at
+            return sent, exc
+        return sent, None
+
+    sent, error = asyncio.run(scenario())
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "startup interrupted (CancelledError)" in sent[0]["message"]
+    assert isinstance(error, asyncio.CancelledError)  # propagates as itself
+    assert "Startup interrupted" in gate_log.getvalue()
+
+
+def test_a_readiness_recheck_that_raises_is_a_cached_503_logged_once(
+    project: Path, sqlite_database: TestDatabase, gate_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dbinit.verify
+
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    clock = FakeClock()
+    gate = DatabaseGate(
+        _settings(project, sqlite_database.url), readiness_path="/readyz", readiness_cache=5.0, clock=clock
+    )
+    app = gate.wrap(_no_app)
+    calls: list[int] = []
+    real_verify = dbinit.verify.verify
+
+    async def broken_verify(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise RuntimeError("unexpected")
+
+    async def scenario() -> list[tuple[int, dict[str, Any]]]:
+        await gate.startup()
+        monkeypatch.setattr(dbinit.verify, "verify", broken_verify)
+        answers = []
+        clock.now += 5.1
+        answers += await asyncio.gather(*(http_get(app, "/readyz") for _ in range(20)))
+        clock.now += 5.1
+        answers.append(await http_get(app, "/readyz"))  # re-checked, same failure
+        monkeypatch.setattr(dbinit.verify, "verify", real_verify)
+        clock.now += 5.1
+        answers.append(await http_get(app, "/readyz"))
+        await gate.shutdown()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert calls == [1, 1]  # 21 requests, two periods: two re-checks
+    assert [status for status, _ in answers] == [503] * 21 + [200]
+    body = answers[0][1]
+    assert body["ok"] is False and body["error"] == "RuntimeError"
+    assert body["message"] == "internal error (a bug in dbinit): RuntimeError: unexpected"
+    logged = gate_log.getvalue()
+    assert logged.count("Database readiness lost") == 1, logged
+    assert logged.count("Traceback (most recent call last)") == 1, logged
+    assert logged.count("Database readiness restored") == 1, logged
