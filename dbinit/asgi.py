@@ -135,26 +135,13 @@ def _service_without_settings(given: Settings | None) -> str:
 def _redacting_logger(service: str, redactor: Redactor) -> FilteringBoundLogger:
     """structlog as the application configured it, with ``redactor`` before and after rendering.
 
-    Before: the event's values, except ``exc_info`` (the redactor would turn an
-    exception into its text, and the renderer would then format whatever
-    exception is being handled instead); after: the rendered line, so a
-    traceback rendered from ``exc_info`` is redacted too.
+    Before: the event's values (see :meth:`Redactor.__call__`); after: the
+    rendered line, so a traceback rendered from ``exc_info`` is redacted too.
     """
     import structlog
 
     configured = list(structlog.get_config()["processors"])
-
-    def redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        exc_info = event.pop("exc_info", None)
-        event = redactor(logger, method, event)
-        if exc_info is not None:
-            event["exc_info"] = exc_info
-        return event
-
-    def redact_rendered(logger: Any, method: str, rendered: Any) -> Any:
-        return redactor.text(rendered) if isinstance(rendered, str) else rendered
-
-    processors = [*configured[:-1], redact_event, *configured[-1:], redact_rendered]
+    processors = [*configured[:-1], redactor, *configured[-1:], redactor.rendered]
     logger: FilteringBoundLogger = structlog.wrap_logger(None, processors=processors).bind(service=service)
     return logger
 

@@ -59,12 +59,24 @@ class Redactor:
     def __call__(
         self, logger: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
+        """A structlog processor, before rendering: every value but ``exc_info``.
+
+        ``exc_info`` stays as it is for the renderer to format (turned into
+        text here, the renderer would format whatever exception is being
+        handled instead); the rendered line passes :meth:`rendered`.
+        """
         for key, value in event.items():
+            if key == "exc_info":
+                continue
             if isinstance(value, str):
                 event[key] = self.text(value)
             elif isinstance(value, BaseException):
                 event[key] = self.text(str(value))
         return event
+
+    def rendered(self, logger: Any, method: str, line: Any) -> Any:
+        """A structlog processor, after the renderer: the whole line (a traceback included)."""
+        return self.text(line) if isinstance(line, str) else line
 
 
 def configure_logging(
@@ -87,6 +99,8 @@ def configure_logging(
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=_isatty(stream)))
+    if redactor is not None:
+        processors.append(redactor.rendered)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
