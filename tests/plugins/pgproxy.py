@@ -20,12 +20,36 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from dbinit.urls import DatabaseURL
 
 SSL_REQUEST = 80877103
 GSS_REQUEST = 80877104
+
+
+@dataclasses.dataclass(eq=False)
+class _Link:
+    """One proxied connection: the client's side, the server's side, what the client said it is."""
+
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter
+    application_name: str = ""
+    blackholed: bool = False
+
+    def abort(self) -> None:
+        self.client.transport.abort()
+        self.upstream.transport.abort()
+
+
+def _startup_parameters(body: bytes) -> dict[str, str]:
+    """The key/value pairs of a startup packet's body (after the protocol version)."""
+    fields = body.split(b"\0")
+    return {
+        fields[i].decode(errors="replace"): fields[i + 1].decode(errors="replace")
+        for i in range(0, len(fields) - 1, 2)
+        if fields[i]
+    }
 
 
 def free_port() -> int:
@@ -51,7 +75,7 @@ class PgProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._links: set[_Link] = set()
 
     @property
     def statements(self) -> int:
@@ -79,11 +103,27 @@ class PgProxy:
             if self._server is not None:
                 self._server.close()
                 self._server = None
-            for writer in list(self._writers):
-                writer.transport.abort()
-            self._writers.clear()
+            for link in list(self._links):
+                link.abort()
+            self._links.clear()
 
         self._call(close())
+
+    def cut_session(self, prefix: str, mode: Literal["reset", "blackhole"] = "reset") -> int:
+        """Cut the open connections whose ``application_name`` starts with ``prefix``; how many."""
+
+        async def cut() -> int:
+            links = [link for link in self._links if link.application_name.startswith(prefix)]
+            for link in links:
+                if mode == "blackhole":
+                    link.blackholed = True
+                    link.upstream.transport.abort()
+                else:
+                    link.abort()
+            self.cut += len(links)
+            return len(links)
+
+        return int(self._call(cut()))
 
     def close(self) -> None:
         self.stop()
@@ -103,14 +143,16 @@ class PgProxy:
         except OSError:
             writer.transport.abort()
             return
-        self._writers.update((writer, up_writer))
+        link = _Link(writer, up_writer)
+        self._links.add(link)
 
         async def backend_to_client() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await up_reader.read(65536):
                     writer.write(data)
                     await writer.drain()
-            writer.close()
+            if not link.blackholed:  # a black hole never tells the client
+                writer.close()
 
         pump = asyncio.ensure_future(backend_to_client())
         try:
@@ -121,27 +163,28 @@ class PgProxy:
                 up_writer.write(header + body)
                 await up_writer.drain()
                 if code not in (SSL_REQUEST, GSS_REQUEST):
+                    link.application_name = _startup_parameters(body).get("application_name", "")
                     break
             while True:  # typed messages
                 header = await reader.readexactly(5)
                 (length,) = struct.unpack("!i", header[1:])
                 body = await reader.readexactly(length - 4)
+                if link.blackholed:
+                    continue  # swallowed: nothing reaches the server, nothing comes back
                 kind = header[:1]
                 if self.cut_on_query and kind in (b"Q", b"P"):
                     self.cut += 1
-                    writer.transport.abort()
-                    up_writer.transport.abort()
+                    link.abort()
                     break
                 self.messages[kind.decode()] += 1
                 up_writer.write(header + body)
                 await up_writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # either side went away: the link ends (the finally below)
         finally:
             up_writer.close()
             await asyncio.gather(pump, return_exceptions=True)
-            self._writers.discard(writer)
-            self._writers.discard(up_writer)
+            self._links.discard(link)
 
     def url_for(self, database_url: str | DatabaseURL, *, password: str | None = None) -> str:
         """``database_url`` re-pointed at this proxy (TCP, 127.0.0.1:port)."""
