@@ -36,6 +36,7 @@ class _Link:
     upstream: asyncio.StreamWriter
     application_name: str = ""
     blackholed: bool = False
+    last_seen: float = 0.0  # loop time of the last bytes either way
 
     def abort(self) -> None:
         self.client.transport.abort()
@@ -71,11 +72,14 @@ class PgProxy:
         self.connections = 0
         self.cut_on_query = False
         self.cut = 0
+        self.cut_names: list[str] = []
+        self.idle_cut: float | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server: asyncio.base_events.Server | None = None
         self._links: set[_Link] = set()
+        self._watchdog: asyncio.Future[None] | None = None
 
     @property
     def statements(self) -> int:
@@ -93,8 +97,25 @@ class PgProxy:
             self._server = await asyncio.start_server(
                 self._handle, "127.0.0.1", self.port, family=socket.AF_INET, reuse_address=True
             )
+            if self._watchdog is None:
+                self._watchdog = asyncio.ensure_future(self._cut_idle())
 
         self._call(listen())
+
+    def _cut_link(self, link: _Link) -> None:
+        self.cut += 1
+        self.cut_names.append(link.application_name)
+        link.abort()
+
+    async def _cut_idle(self) -> None:
+        """Every 0.1 s: cut the connections idle for longer than ``idle_cut``."""
+        while True:
+            await asyncio.sleep(0.1)
+            if self.idle_cut is None:
+                continue
+            now = self._loop.time()
+            for link in [link for link in self._links if now - link.last_seen > self.idle_cut]:
+                self._cut_link(link)
 
     def stop(self) -> None:
         """Refuse new connections and drop the open ones (a server that went away)."""
@@ -118,15 +139,24 @@ class PgProxy:
                 if mode == "blackhole":
                     link.blackholed = True
                     link.upstream.transport.abort()
+                    self.cut += 1
+                    self.cut_names.append(link.application_name)
                 else:
-                    link.abort()
-            self.cut += len(links)
+                    self._cut_link(link)
             return len(links)
 
         return int(self._call(cut()))
 
     def close(self) -> None:
         self.stop()
+
+        async def end_watchdog() -> None:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):  # the cancel asked for just now
+                    await self._watchdog
+
+        self._call(end_watchdog())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
@@ -143,12 +173,13 @@ class PgProxy:
         except OSError:
             writer.transport.abort()
             return
-        link = _Link(writer, up_writer)
+        link = _Link(writer, up_writer, last_seen=self._loop.time())
         self._links.add(link)
 
         async def backend_to_client() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await up_reader.read(65536):
+                    link.last_seen = self._loop.time()
                     writer.write(data)
                     await writer.drain()
             if not link.blackholed:  # a black hole never tells the client
@@ -169,12 +200,12 @@ class PgProxy:
                 header = await reader.readexactly(5)
                 (length,) = struct.unpack("!i", header[1:])
                 body = await reader.readexactly(length - 4)
+                link.last_seen = self._loop.time()
                 if link.blackholed:
                     continue  # swallowed: nothing reaches the server, nothing comes back
                 kind = header[:1]
                 if self.cut_on_query and kind in (b"Q", b"P"):
-                    self.cut += 1
-                    link.abort()
+                    self._cut_link(link)
                     break
                 self.messages[kind.decode()] += 1
                 up_writer.write(header + body)
