@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError, Interrupted, MigrationFailed
+from dbinit.errors import (
+    ConfigurationError,
+    DatabaseUnreachable,
+    DbinitError,
+    Interrupted,
+    LockLost,
+    MigrationFailed,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -120,7 +127,11 @@ def upgrade(
     With a :class:`RunControl`, a stop request aborts at the next migration
     boundary (rolling back the migration just run) and the migration sessions
     carry ``control.session_tag`` as ``application_name`` so that the running
-    statement can be cancelled on the server.
+    statement can be cancelled on the server. Before the first migration and
+    before each one commits (Alembic's ``on_version_apply`` runs inside its
+    transaction), the migration lock is confirmed afresh: a lost lock rolls the
+    migration back (:class:`~dbinit.errors.LockLost`) instead of committing it
+    after another job may have taken the lock.
     """
     from alembic import util as alembic_util
     from alembic.script import ScriptDirectory
@@ -133,12 +144,15 @@ def upgrade(
     def on_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         if control is not None:
             # still inside this migration's transaction: raising rolls it back
-            control.raise_if_stopping(f"migration {step.up_revision_id} rolled back")
+            revision = step.up_revision_id
+            control.confirm_lock(f"migration {revision} rolled back", revision=revision, applied=applied)
         if step.is_upgrade:
             applied.append(step.up_revision_id)
             log.info("Migration applied", revision=step.up_revision_id, doc=step.up_revision.doc)
 
     def steps(rev: Any, context: Any) -> Any:
+        if control is not None:
+            control.confirm_lock("stopped before the first migration")
         result = script._upgrade_revs("heads", rev)
         planned.extend(step.revision.revision for step in result)
         if result:
@@ -161,20 +175,34 @@ def upgrade(
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
         if control is not None and control.stopping:
-            if isinstance(exc, Interrupted):
+            if isinstance(exc, (Interrupted, LockLost)):
                 raise
             remains = what_remains(settings, scripts, failing) if failing else None
-            raise control.interrupted(
-                f"migration {failing} cancelled"
-                + (" and rolled back" if remains is None or remains.whole else "; part of it remains")
-                + (f" (applied before: {', '.join(applied)})" if applied else ""),
-                hint=(f"{remains} " if remains else "")
-                + "The lock was released; run the migration job again.",
-            ) from None
+            left = "" if remains is None or remains.whole else str(remains)
+            what, before = _where_stopped(failing, applied, whole=not left)
+            raise control.stop_error(what, revision=failing, applied=before, remains=left) from None
         if isinstance(exc, DbinitError):
             raise  # ours, already classified (e.g. a version table env.py configures differently)
         raise migration_error(exc, failing, scripts, settings, applied) from exc
     return applied
+
+
+def _where_stopped(failing: str | None, applied: list[str], *, whole: bool) -> tuple[str, list[str]]:
+    """What a stop cut short, and the revisions known committed before it.
+
+    ``applied`` counts a revision once its ``on_version_apply`` passed, just
+    before its commit: a stop that broke the commit itself leaves that one
+    uncertain, and says so. ``whole``: the cut-short revision rolled back as a whole.
+    """
+    if failing is not None:
+        return f"migration {failing} cancelled" + (" and rolled back" if whole else ""), applied
+    if applied:
+        last = applied[-1]
+        return (
+            f"stopped while migration {last} committed (alembic_version says whether it did)",
+            applied[:-1],
+        )
+    return "stopped before the first migration", applied
 
 
 def environment_context(
@@ -244,6 +272,8 @@ def session_settings(settings: Settings, control: RunControl | None) -> Iterator
     the migration lock is held: a ``lock_timeout`` would also cut the advisory
     lock wait); ``client_connection_check_interval`` and TCP keepalives make
     the server end a killed job's session (and its locks) within seconds.
+    Once the run is stopping (a signal, a lost migration lock), no new session
+    is opened.
 
     SQLite: the driver's own transaction handling commits DDL at once; dbinit
     takes over (SQLAlchemy's documented recipe: no implicit transactions,
@@ -280,6 +310,8 @@ def session_settings(settings: Settings, control: RunControl | None) -> Iterator
             statements.append(f"SET lock_timeout = '{_milliseconds(settings.ddl_lock_timeout)}ms'")
 
         def postgres_connect(dbapi_connection: Any, record: Any) -> None:
+            if control is not None:
+                control.raise_if_stopping("stopped before opening a migration session")
             cursor = dbapi_connection.cursor()
             for statement in statements:
                 cursor.execute(statement)

@@ -8,6 +8,7 @@ an exit code. The codes are part of the public contract: a Kubernetes Job's
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 
 class ExitCode(enum.IntEnum):
@@ -25,7 +26,8 @@ class ExitCode(enum.IntEnum):
     NOT_READY = 4
     #: A migration failed; the failing revision is named.
     MIGRATION_FAILED = 5
-    #: The migration lock was not acquired within the lock timeout.
+    #: The migration lock is not held: not acquired within the lock timeout, or
+    #: lost while migrating (its session ended). Retryable.
     LOCK_TIMEOUT = 6
     #: Refused: a destructive operation is not allowed here.
     REFUSED = 7
@@ -108,6 +110,58 @@ class LockTimeout(DbinitError):
     """Another process held the migration lock for longer than the lock timeout."""
 
     exit_code = ExitCode.LOCK_TIMEOUT
+
+
+class LockLost(DbinitError):
+    """The migration lock's session ended while this job migrated; it stopped without committing.
+
+    Exit code 6, as :class:`LockTimeout`, not 5 (:class:`MigrationFailed`):
+    the revision did not fail, this job stopped holding the lock, and what
+    runs next must be decided by whoever holds it. Like a lock timeout it is
+    retryable as it stands (nothing to fix in the migrations, nothing
+    half-committed), so a Job's ``podFailurePolicy`` and the people reading
+    its status treat both "lock not held" outcomes alike, while 5 keeps
+    meaning "a revision is broken: fix it".
+
+    ``detail`` says how the loss showed (connection closed, no answer, lock
+    no longer listed); ``stopped`` what was stopped (``revision``, when
+    known, is the one rolled back); ``applied`` the revisions this run
+    committed before, which stay applied.
+    """
+
+    exit_code = ExitCode.LOCK_TIMEOUT
+    HINT = (
+        "Run the migration job again: the rolled-back revision left nothing committed. If a "
+        "proxy or load balancer cuts the job's connections, connect the job to PostgreSQL "
+        "directly or exempt it; behind a pooler use session pooling (a transaction-pooled "
+        "connection cannot hold the lock)."
+    )
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        stopped: str,
+        revision: str | None = None,
+        applied: Sequence[str] = (),
+        hint: str = "",
+        remains: str = "",
+    ) -> None:
+        what = f"migration {revision} rolled back" if revision is not None else stopped
+        if remains:
+            what += f"; part of it remains: {remains}"
+        earlier = (
+            f"earlier revisions of this run stay applied: {', '.join(applied)}"
+            if applied
+            else "no revision of this run was applied"
+        )
+        super().__init__(
+            "the migration lock's session ended (terminated by the server, an idle timeout "
+            f"or a cut connection; {detail}): {what}; {earlier}",
+            hint=hint or self.HINT,
+        )
+        self.revision = revision
+        self.applied = tuple(applied)
 
 
 class Refused(DbinitError):

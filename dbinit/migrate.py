@@ -7,9 +7,10 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from dbinit.database import describe_connect_error
 from dbinit.errors import ConfigurationError, MigrationFailed, Refused
 from dbinit.interrupts import RunControl
-from dbinit.lock import HeldLock, migration_lock
+from dbinit.lock import HeldLock, end_sessions, migration_lock
 from dbinit.report import MigratePlan, MigrateResult, VerifyReport
 from dbinit.strategies import Strategy, StrategyContext
 from dbinit.verify import read_scripts, read_state, verify
@@ -113,7 +114,7 @@ async def _migrate(
             return await _ahead_of_image(settings, registry, log, scripts, strategy, ahead, started)
         context = StrategyContext(settings=settings, scripts=scripts, state=state, log=log, control=control)
         worker = asyncio.ensure_future(asyncio.to_thread(strategy.run, context))
-        canceller = asyncio.ensure_future(_cancel_when_stopped(control, held, worker, log))
+        canceller = asyncio.ensure_future(_stop_when_asked(control, held, worker, settings, log))
         try:
             applied = tuple(await asyncio.shield(worker))
         finally:
@@ -159,7 +160,7 @@ async def _check_connection_limits(held: HeldLock) -> None:
     """
     if held.connection is None:
         return
-    row = await held.connection.fetchrow(_LIMITS_QUERY, timeout=10)
+    row = await held.fetchrow(_LIMITS_QUERY)
     if row is None or row["rolsuper"]:
         return
     for kind, name, limit, fix in (
@@ -224,13 +225,58 @@ def _finished(
     return result
 
 
-async def _cancel_when_stopped(
+async def _stop_when_asked(
+    control: RunControl,
+    held: HeldLock,
+    worker: asyncio.Future[object],
+    settings: Settings,
+    log: FilteringBoundLogger,
+) -> None:
+    """Once the run must stop, stop the migration's work on the server.
+
+    A signal: cancel the running statement (through the lock's connection).
+    A lost lock: end the migration's sessions (from a new connection: the
+    lock's is gone), so the running revision cannot commit after the loss.
+    """
+    await control.wait()
+    if control.lost is None:
+        await _cancel_running_statement(control, held, worker, log)
+    if control.lost is not None and not worker.done():  # maybe lost while cancelling
+        await _end_migration_sessions(control, worker, settings, log)
+
+
+async def _cancel_running_statement(
     control: RunControl, held: HeldLock, worker: asyncio.Future[object], log: FilteringBoundLogger
 ) -> None:
-    """On a stop request, cancel the migration's running statement on the server."""
-    await control.wait()
+    """Until the migration stopped (or the lock, whose connection this uses, is lost)."""
     log.warning("Stop requested: cancelling the running migration statement",
                 signal=signal.Signals(control.signum or signal.SIGTERM).name)
-    while not worker.done():
+    while not worker.done() and control.lost is None:
         await held.cancel_sessions(control.session_tag)
         await asyncio.wait({worker}, timeout=0.2)
+
+
+RETRY_END_SECONDS = 1.0
+
+
+async def _end_migration_sessions(
+    control: RunControl, worker: asyncio.Future[object], settings: Settings, log: FilteringBoundLogger
+) -> None:
+    """Terminate the migration's sessions until one was ended or the migration stopped by itself.
+
+    None may be found while the migration is between sessions; it opens no
+    new one once stopping (see :func:`dbinit.alembic_runner.session_settings`).
+    """
+    import asyncpg
+
+    log.warning("Migration lock lost: ending the migration's database sessions", reason=control.lost)
+    while not worker.done():
+        try:
+            ended = await end_sessions(settings, control.session_tag)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("Cannot end the migration's sessions yet", reason=describe_connect_error(exc))
+        else:
+            if ended:
+                log.info("Migration sessions ended", sessions=ended)
+                return
+        await asyncio.wait({worker}, timeout=RETRY_END_SECONDS)

@@ -44,14 +44,17 @@ class StrategyContext:
         preflight(self.settings, self.scripts)
 
     def check_stop(self, what: str = "stopped before the next step") -> None:
-        """For long strategies: raise if a SIGTERM/SIGINT asked to stop."""
+        """For long strategies, between steps: raise if a SIGTERM/SIGINT asked to stop
+        (:class:`~dbinit.errors.Interrupted`) or the migration lock is no longer held
+        (:class:`~dbinit.errors.LockLost`, checked afresh on the lock's session)."""
         if self.control is not None:
-            self.control.raise_if_stopping(what)
+            self.control.confirm_lock(what)
 
     def drop_everything(self) -> int:
         """Drop every object in the target schema; returns how many were dropped."""
         from dbinit.schema_reset import drop_everything
 
+        self.check_stop("stopped before dropping everything")
         return drop_everything(self.settings)
 
 

@@ -20,12 +20,37 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from dbinit.urls import DatabaseURL
 
 SSL_REQUEST = 80877103
 GSS_REQUEST = 80877104
+
+
+@dataclasses.dataclass(eq=False)
+class _Link:
+    """One proxied connection: the client's side, the server's side, what the client said it is."""
+
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter
+    application_name: str = ""
+    blackholed: bool = False
+    last_seen: float = 0.0  # loop time of the last bytes either way
+
+    def abort(self) -> None:
+        self.client.transport.abort()
+        self.upstream.transport.abort()
+
+
+def _startup_parameters(body: bytes) -> dict[str, str]:
+    """The key/value pairs of a startup packet's body (after the protocol version)."""
+    fields = body.split(b"\0")
+    return {
+        fields[i].decode(errors="replace"): fields[i + 1].decode(errors="replace")
+        for i in range(0, len(fields) - 1, 2)
+        if fields[i]
+    }
 
 
 def free_port() -> int:
@@ -47,11 +72,14 @@ class PgProxy:
         self.connections = 0
         self.cut_on_query = False
         self.cut = 0
+        self.cut_names: list[str] = []
+        self.idle_cut: float | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._links: set[_Link] = set()
+        self._watchdog: asyncio.Future[None] | None = None
 
     @property
     def statements(self) -> int:
@@ -69,8 +97,25 @@ class PgProxy:
             self._server = await asyncio.start_server(
                 self._handle, "127.0.0.1", self.port, family=socket.AF_INET, reuse_address=True
             )
+            if self._watchdog is None:
+                self._watchdog = asyncio.ensure_future(self._cut_idle())
 
         self._call(listen())
+
+    def _cut_link(self, link: _Link) -> None:
+        self.cut += 1
+        self.cut_names.append(link.application_name)
+        link.abort()
+
+    async def _cut_idle(self) -> None:
+        """Every 0.1 s: cut the connections idle for longer than ``idle_cut``."""
+        while True:
+            await asyncio.sleep(0.1)
+            if self.idle_cut is None:
+                continue
+            now = self._loop.time()
+            for link in [link for link in self._links if now - link.last_seen > self.idle_cut]:
+                self._cut_link(link)
 
     def stop(self) -> None:
         """Refuse new connections and drop the open ones (a server that went away)."""
@@ -79,14 +124,39 @@ class PgProxy:
             if self._server is not None:
                 self._server.close()
                 self._server = None
-            for writer in list(self._writers):
-                writer.transport.abort()
-            self._writers.clear()
+            for link in list(self._links):
+                link.abort()
+            self._links.clear()
 
         self._call(close())
 
+    def cut_session(self, prefix: str, mode: Literal["reset", "blackhole"] = "reset") -> int:
+        """Cut the open connections whose ``application_name`` starts with ``prefix``; how many."""
+
+        async def cut() -> int:
+            links = [link for link in self._links if link.application_name.startswith(prefix)]
+            for link in links:
+                if mode == "blackhole":
+                    link.blackholed = True
+                    link.upstream.transport.abort()
+                    self.cut += 1
+                    self.cut_names.append(link.application_name)
+                else:
+                    self._cut_link(link)
+            return len(links)
+
+        return int(self._call(cut()))
+
     def close(self) -> None:
         self.stop()
+
+        async def end_watchdog() -> None:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):  # the cancel asked for just now
+                    await self._watchdog
+
+        self._call(end_watchdog())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
@@ -103,14 +173,17 @@ class PgProxy:
         except OSError:
             writer.transport.abort()
             return
-        self._writers.update((writer, up_writer))
+        link = _Link(writer, up_writer, last_seen=self._loop.time())
+        self._links.add(link)
 
         async def backend_to_client() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await up_reader.read(65536):
+                    link.last_seen = self._loop.time()
                     writer.write(data)
                     await writer.drain()
-            writer.close()
+            if not link.blackholed:  # a black hole never tells the client
+                writer.close()
 
         pump = asyncio.ensure_future(backend_to_client())
         try:
@@ -121,27 +194,28 @@ class PgProxy:
                 up_writer.write(header + body)
                 await up_writer.drain()
                 if code not in (SSL_REQUEST, GSS_REQUEST):
+                    link.application_name = _startup_parameters(body).get("application_name", "")
                     break
             while True:  # typed messages
                 header = await reader.readexactly(5)
                 (length,) = struct.unpack("!i", header[1:])
                 body = await reader.readexactly(length - 4)
+                link.last_seen = self._loop.time()
+                if link.blackholed:
+                    continue  # swallowed: nothing reaches the server, nothing comes back
                 kind = header[:1]
                 if self.cut_on_query and kind in (b"Q", b"P"):
-                    self.cut += 1
-                    writer.transport.abort()
-                    up_writer.transport.abort()
+                    self._cut_link(link)
                     break
                 self.messages[kind.decode()] += 1
                 up_writer.write(header + body)
                 await up_writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # either side went away: the link ends (the finally below)
         finally:
             up_writer.close()
             await asyncio.gather(pump, return_exceptions=True)
-            self._writers.discard(writer)
-            self._writers.discard(up_writer)
+            self._links.discard(link)
 
     def url_for(self, database_url: str | DatabaseURL, *, password: str | None = None) -> str:
         """``database_url`` re-pointed at this proxy (TCP, 127.0.0.1:port)."""
