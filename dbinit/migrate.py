@@ -93,6 +93,8 @@ async def _migrate(
 ) -> MigrateResult:
     started = time.perf_counter()
     strategy = select_strategy(settings, registry, strategy_name)
+    if not settings.url.is_sqlite:
+        settings.url.require_writable("migrate")
     scripts = read_scripts(settings)
     if scripts.alembic_ini is None:
         raise ConfigurationError(

@@ -128,9 +128,11 @@ def test_ipv6_host() -> None:
 
 def test_unix_socket_host_in_query() -> None:
     url = DatabaseURL.parse("postgresql://orders@/orders?host=/var/run/postgresql")
-    assert url.host is None
+    assert url.host == "/var/run/postgresql"  # a unix-socket directory is a host like any
+    assert url.hosts == (("/var/run/postgresql", None),)
     assert url.database == "orders"
-    assert dict(url.query) == {"host": "/var/run/postgresql"}
+    assert url.query == ()
+    assert url.redacted() == "postgresql://orders@/orders?host=/var/run/postgresql"
     addrs, params = asyncpg_parse(url.asyncpg_dsn())
     assert addrs == ["/var/run/postgresql/.s.PGSQL.5432"]
     assert (params.user, params.database) == ("orders", "orders")
