@@ -165,6 +165,14 @@ UNSUPPORTED_PARAMETERS: dict[str, str] = {
     "requirepeer": "asyncpg cannot; remove it",
     "gssdelegation": "asyncpg cannot; remove it",
     "replication": "dbinit does not open replication connections",
+    "min_protocol_version": "asyncpg speaks protocol 3.0; remove it",
+    "max_protocol_version": "asyncpg speaks protocol 3.0; remove it",
+    "oauth_issuer": "asyncpg cannot log in with OAuth; use a password",
+    "oauth_client_id": "asyncpg cannot log in with OAuth; use a password",
+    "oauth_client_secret": "asyncpg cannot log in with OAuth; use a password",
+    "oauth_scope": "asyncpg cannot log in with OAuth; use a password",
+    "scram_client_key": "asyncpg cannot; use a password",
+    "scram_server_key": "asyncpg cannot; use a password",
 }
 
 #: Aliases accepted for SQLAlchemy-style URLs.
@@ -809,7 +817,8 @@ class _PostgresParser:
         return f"<a name of {len(key)} characters>"
 
     def value(self, value: str, password: str | None) -> str:
-        if _VALUE_SHAPE.fullmatch(value) and not self.in_secret(value, password):
+        """A value for a message: shown if short and plain (never a password piece)."""
+        if not value or (_VALUE_SHAPE.fullmatch(value) and not self.in_secret(value, password)):
             return repr(value)
         return f"<{len(value)} characters>"
 
