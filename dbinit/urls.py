@@ -32,10 +32,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode
 
 from dbinit.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import ssl
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
 _SQLITE_SCHEMES = {"sqlite"}
@@ -536,21 +539,30 @@ class DatabaseURL:
                     hint="Mount the certificate (e.g. from a Secret) at that path, or fix the path",
                 )
 
-    def _system_ssl_context(self) -> Any:
-        """``sslrootcert=system`` (libpq 16+): an SSLContext with the system's CAs, for asyncpg."""
+    def _system_ssl_context(self) -> ssl.SSLContext | None:
+        """``sslrootcert=system`` (libpq 16+): an SSLContext with the system's CAs, for asyncpg.
+
+        (asyncpg's DSN parser would open a file named ``system``.)
+        """
         params = self.params
         if params.get("sslrootcert") != "system":
             return None
         import ssl
 
         context = ssl.create_default_context()  # CERT_REQUIRED, check_hostname: verify-full
-        if "sslcert" in params:
-            context.load_cert_chain(
-                params["sslcert"], params.get("sslkey"), password=params.get("sslpassword") or None
-            )
-        if "sslcrl" in params:
-            context.load_verify_locations(cafile=params["sslcrl"])
-            context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+        try:
+            if "sslcert" in params:
+                context.load_cert_chain(
+                    params["sslcert"], params.get("sslkey"), password=params.get("sslpassword") or None
+                )
+            if "sslcrl" in params:
+                context.load_verify_locations(cafile=params["sslcrl"])
+                context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+        except OSError as exc:  # ssl.SSLError included: a wrong key password, not PEM...
+            raise ConfigurationError(
+                f"DATABASE_URL's client certificate or CRL cannot be loaded: {exc.strerror or exc}",
+                hint="Check sslcert, sslkey, sslpassword and sslcrl",
+            ) from None
         context.minimum_version = ssl.TLSVersion[
             params.get("ssl_min_protocol_version", "TLSv1.2").replace(".", "_")
         ]
