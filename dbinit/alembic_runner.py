@@ -169,8 +169,10 @@ def upgrade(
     environment = environment_context(
         settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration
     )
+    # built before Alembic runs: a bad parameter is a configuration error, not a failed migration
+    listeners = session_listeners(settings, control, async_driver=env_is_async(scripts))
     try:
-        with session_settings(settings, control), environment:
+        with listening(listeners), environment:
             script.run_env()
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
@@ -261,12 +263,23 @@ def environment_context(
     return environment
 
 
-@contextlib.contextmanager
-def session_settings(settings: Settings, control: RunControl | None) -> Iterator[None]:
-    """Set up every session Alembic opens (SQLAlchemy class-level events).
+Listener = tuple[Any, str, Callable[..., Any]]
 
-    PostgreSQL: ``application_name`` lets a signal cancel the running
-    statement; ``DBINIT_STATEMENT_TIMEOUT`` / ``DBINIT_DDL_LOCK_TIMEOUT``
+
+def session_listeners(
+    settings: Settings, control: RunControl | None, *, async_driver: bool
+) -> list[Listener]:
+    """How dbinit sets up every session Alembic opens (SQLAlchemy class-level events).
+
+    PostgreSQL: the connect arguments (``do_connect``): ``sqlalchemy.url`` is a
+    clean URL (:meth:`DatabaseURL.for_sqlalchemy`) and the libpq parameters of
+    ``DATABASE_URL`` (TLS, ``target_session_attrs``, ``options``, timeouts…) are
+    added to the driver's arguments here, translated once by
+    :meth:`DatabaseURL.sqlalchemy_connect_params`, for connections to dbinit's
+    URL only: an ``env.py`` that connects elsewhere is left alone.
+    Then, on every new session (``Pool`` ``connect``): ``application_name``
+    lets a signal cancel the running statement (dbinit's tag wins over the
+    URL's); ``DBINIT_STATEMENT_TIMEOUT`` / ``DBINIT_DDL_LOCK_TIMEOUT``
     become ``statement_timeout`` / ``lock_timeout``, so a migration cannot
     block production traffic indefinitely behind a lock (set only here, after
     the migration lock is held: a ``lock_timeout`` would also cut the advisory
@@ -279,7 +292,6 @@ def session_settings(settings: Settings, control: RunControl | None) -> Iterator
     takes over (SQLAlchemy's documented recipe: no implicit transactions,
     ``BEGIN`` when SQLAlchemy begins), so a revision's DDL rolls back with it.
     """
-    from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
@@ -292,33 +304,84 @@ def session_settings(settings: Settings, control: RunControl | None) -> Iterator
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql("BEGIN")
 
-        listeners = [(Pool, "connect", sqlite_connect), (Engine, "begin", sqlite_begin)]
-    else:
-        statements = [
-            "SET tcp_keepalives_idle = 30",
-            "SET tcp_keepalives_interval = 10",
-            "SET tcp_keepalives_count = 3",
-            # PostgreSQL 14+: notice a vanished client even while a statement runs
-            "SELECT set_config('client_connection_check_interval', '5s', false) "
-            "WHERE current_setting('server_version_num')::int >= 140000",
-        ]
+        return [(Pool, "connect", sqlite_connect), (Engine, "begin", sqlite_begin)]
+
+    statements = [
+        "SET tcp_keepalives_idle = 30",
+        "SET tcp_keepalives_interval = 10",
+        "SET tcp_keepalives_count = 3",
+        # PostgreSQL 14+: notice a vanished client even while a statement runs
+        "SELECT set_config('client_connection_check_interval', '5s', false) "
+        "WHERE current_setting('server_version_num')::int >= 140000",
+    ]
+    tag = control.session_tag if control is not None else None
+    if tag is not None:
+        statements.append(f"SET application_name = '{tag}'")
+    if settings.statement_timeout:
+        statements.append(f"SET statement_timeout = '{_milliseconds(settings.statement_timeout)}ms'")
+    if settings.ddl_lock_timeout:
+        statements.append(f"SET lock_timeout = '{_milliseconds(settings.ddl_lock_timeout)}ms'")
+
+    def postgres_connect(dbapi_connection: Any, record: Any) -> None:
         if control is not None:
-            statements.append(f"SET application_name = '{control.session_tag}'")
-        if settings.statement_timeout:
-            statements.append(f"SET statement_timeout = '{_milliseconds(settings.statement_timeout)}ms'")
-        if settings.ddl_lock_timeout:
-            statements.append(f"SET lock_timeout = '{_milliseconds(settings.ddl_lock_timeout)}ms'")
+            control.raise_if_stopping("stopped before opening a migration session")
+        cursor = dbapi_connection.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+        cursor.close()
+        dbapi_connection.commit()
 
-        def postgres_connect(dbapi_connection: Any, record: Any) -> None:
-            if control is not None:
-                control.raise_if_stopping("stopped before opening a migration session")
-            cursor = dbapi_connection.cursor()
-            for statement in statements:
-                cursor.execute(statement)
-            cursor.close()
-            dbapi_connection.commit()
+    return [
+        (Engine, "do_connect", connect_arguments(settings, tag, async_driver=async_driver)),
+        (Pool, "connect", postgres_connect),
+    ]
 
-        listeners = [(Pool, "connect", postgres_connect)]
+
+def connect_arguments(
+    settings: Settings, application_name: str | None, *, async_driver: bool
+) -> Callable[[Any, Any, list[Any], dict[str, Any]], None]:
+    """A ``do_connect`` listener adding the translated URL parameters to dbinit's connections.
+
+    A connection is dbinit's when the driver is the one dbinit named and its
+    arguments are what the dialect makes of dbinit's ``sqlalchemy.url`` (host(s),
+    port(s), user, password, database): a URL that ``env.py`` builds itself, or
+    changes, gets nothing. Arguments ``env.py`` passes (``connect_args``) win over
+    the URL's; dbinit's ``application_name`` tag wins over both.
+    """
+    from sqlalchemy.engine import make_url
+
+    url = settings.url
+    driver = url.sqlalchemy_driver(async_driver=async_driver)
+    ours = make_url(url.for_sqlalchemy(async_driver=async_driver))
+    extras = url.sqlalchemy_connect_params(
+        driver, timeout=settings.connect_timeout, application_name=application_name
+    )
+
+    def do_connect(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        if dialect.name != "postgresql" or dialect.driver != driver:
+            return
+        expected_args, expected = dialect.create_connect_args(ours)
+        if list(cargs) != list(expected_args) or any(cparams.get(k) != v for k, v in expected.items()):
+            return
+        for key, value in extras.items():
+            if key == "server_settings":
+                value = {**value, **cparams.get(key, {})}
+                if application_name is not None:
+                    value["application_name"] = application_name
+                cparams[key] = value
+            elif key == "application_name" and application_name is not None:
+                cparams[key] = value
+            else:
+                cparams.setdefault(key, value)
+
+    return do_connect
+
+
+@contextlib.contextmanager
+def listening(listeners: list[Listener]) -> Iterator[None]:
+    """Install class-level SQLAlchemy listeners for the body (Alembic's run)."""
+    from sqlalchemy import event
+
     for target, name, function in listeners:
         event.listen(target, name, function)
     try:
@@ -416,9 +479,10 @@ def invalid_indexes(settings: Settings) -> list[str]:
 
     async def read() -> list[str]:
         connection = await asyncpg.connect(
-            settings.url.asyncpg_dsn(),
-            timeout=settings.connect_timeout,
-            server_settings={"application_name": f"dbinit-inspect:{settings.service}"[:63]},
+            **settings.url.asyncpg_connect_kwargs(
+                timeout=settings.connect_timeout,
+                server_settings={"application_name": f"dbinit-inspect:{settings.service}"[:63]},
+            )
         )
         try:
             rows = await connection.fetch(

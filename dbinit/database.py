@@ -12,7 +12,7 @@ import dataclasses
 import socket
 from typing import TYPE_CHECKING, Protocol
 
-from dbinit.errors import DatabaseUnreachable
+from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError
 
 if TYPE_CHECKING:
     import asyncpg
@@ -168,23 +168,22 @@ class PostgresProbe:
     async def connect(cls, url: DatabaseURL, options: ProbeOptions) -> PostgresProbe:
         import asyncpg
 
+        arguments = url.asyncpg_connect_kwargs(
+            timeout=options.connect_timeout,
+            server_settings={
+                "application_name": options.application_name[:63],
+                "default_transaction_read_only": "on",
+            },
+            read_only_session=True,
+        )
         try:
             connection = await asyncpg.connect(
-                url.asyncpg_dsn(),
-                timeout=options.connect_timeout,
-                statement_cache_size=16 if options.long_lived else 0,
-                server_settings={
-                    "application_name": options.application_name[:63],
-                    "default_transaction_read_only": "on",
-                },
+                **arguments, statement_cache_size=16 if options.long_lived else 0
             )
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
                 raise
-            raise DatabaseUnreachable(
-                f"cannot connect to {url.display_name}: {describe_connect_error(exc)}",
-                hint=connect_hint(exc),
-            ) from None
+            raise connect_failure(exc, url) from None
         return cls(connection, options)
 
     async def read_state(self, *, count_tables: bool = True) -> DatabaseState:
@@ -312,11 +311,46 @@ async def open_probe(url: DatabaseURL, options: ProbeOptions) -> Probe:
     return await PostgresProbe.connect(url, options)
 
 
+def connect_errors() -> tuple[type[BaseException], ...]:
+    """What a failed ``asyncpg.connect()`` raises (and :func:`connect_failure` explains)."""
+    import asyncpg
+
+    return (
+        TimeoutError,
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,  # ClientConfigurationError among them
+        asyncpg.exceptions.TargetServerAttributeNotMatched,
+    )
+
+
+def connect_failure(exc: BaseException, url: DatabaseURL) -> DbinitError:
+    """A failed connect as dbinit reports it: a configuration error asyncpg found
+    before connecting (exit 2, e.g. no root certificate for sslmode=verify-ca), or
+    :class:`DatabaseUnreachable` (exit 3)."""
+    if type(exc).__name__ == "ClientConfigurationError":
+        return ConfigurationError(
+            f"cannot connect to {url.display_name}: {exc}",
+            hint="Fix the TLS or connection parameters in DATABASE_URL",
+        )
+    return DatabaseUnreachable(
+        f"cannot connect to {url.display_name}: {describe_connect_error(exc)}",
+        hint=connect_hint(exc),
+    )
+
+
 def describe_connect_error(exc: BaseException) -> str:
-    """A short, password-free reason: refused, DNS, timeout, authentication…"""
+    """A short, password-free reason: refused, DNS, timeout, authentication, TLS…"""
     name = type(exc).__name__
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timed out"
+    if "rejected SSL upgrade" in str(exc):
+        return "the server does not support SSL, and sslmode requires it"
+    if name == "SSLCertVerificationError":
+        reason = getattr(exc, "verify_message", None) or str(exc)
+        return f"TLS certificate verification failed ({reason})"
+    if name == "TargetServerAttributeNotMatched":
+        return f"no host matches target_session_attrs ({exc})"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -334,6 +368,18 @@ def describe_connect_error(exc: BaseException) -> str:
 
 def connect_hint(exc: BaseException) -> str:
     name = type(exc).__name__
+    text = str(exc)
+    if "rejected SSL upgrade" in text:
+        return "Use sslmode=prefer (or disable) for a server without TLS, or turn ssl on in the server"
+    if name == "SSLCertVerificationError":
+        return (
+            "Check sslrootcert (the CA that signed the server's certificate); verify-full also "
+            "needs the host name in the certificate"
+        )
+    if "no encryption" in text:
+        return "The server accepts only TLS connections: use sslmode=require (or stronger)"
+    if name == "TargetServerAttributeNotMatched":
+        return "No host is in the wanted state (e.g. a failover in progress); a retry may find one"
     if name in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError"):
         return "Check the user and password in DATABASE_URL (the Secret)"
     if name == "InvalidCatalogNameError":

@@ -35,8 +35,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbinit.database import connect_hint, describe_connect_error
-from dbinit.errors import DatabaseUnreachable, LockTimeout
+from dbinit.database import connect_errors, connect_failure
+from dbinit.errors import LockTimeout
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -212,9 +212,10 @@ async def end_sessions(settings: Settings, application_name: str) -> int:
     import asyncpg
 
     connection = await asyncpg.connect(
-        settings.url.asyncpg_dsn(),
-        timeout=settings.connect_timeout,
-        server_settings={"application_name": f"dbinit-stop:{settings.service}"[:63]},
+        **settings.url.asyncpg_connect_kwargs(
+            timeout=settings.connect_timeout,
+            server_settings={"application_name": f"dbinit-stop:{settings.service}"[:63]},
+        )
     )
     try:
         rows = await connection.fetch(
@@ -268,22 +269,19 @@ async def _postgres_lock(
 async def _connect(settings: Settings, me: str) -> Any:
     import asyncpg
 
+    arguments = settings.url.asyncpg_connect_kwargs(
+        timeout=settings.connect_timeout,
+        server_settings={
+            "application_name": me,
+            "tcp_keepalives_idle": "30",
+            "tcp_keepalives_interval": "10",
+            "tcp_keepalives_count": "3",
+        },
+    )
     try:
-        return await asyncpg.connect(
-            settings.url.asyncpg_dsn(),
-            timeout=settings.connect_timeout,
-            server_settings={
-                "application_name": me,
-                "tcp_keepalives_idle": "30",
-                "tcp_keepalives_interval": "10",
-                "tcp_keepalives_count": "3",
-            },
-        )
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnreachable(
-            f"cannot connect to {settings.url.display_name}: {describe_connect_error(exc)}",
-            hint=connect_hint(exc),
-        ) from None
+        return await asyncpg.connect(**arguments)
+    except connect_errors() as exc:
+        raise connect_failure(exc, settings.url) from None
 
 
 async def _keep_session(connection: Any) -> None:
@@ -465,13 +463,13 @@ async def current_holder(settings: Settings) -> str | None:
         return _sqlite_holder(settings)
     import asyncpg
 
+    arguments = settings.url.asyncpg_connect_kwargs(
+        timeout=settings.connect_timeout,
+        server_settings={"application_name": f"dbinit-wait:{settings.service}"[:63]},
+    )
     try:
-        connection = await asyncpg.connect(
-            settings.url.asyncpg_dsn(),
-            timeout=settings.connect_timeout,
-            server_settings={"application_name": f"dbinit-wait:{settings.service}"[:63]},
-        )
-    except (TimeoutError, OSError, asyncpg.PostgresError):
+        connection = await asyncpg.connect(**arguments)
+    except connect_errors():
         return None
     try:
         return await _holder_of(connection, await _database_lock_key(connection, settings))

@@ -91,6 +91,8 @@ async def _migrate(
 ) -> MigrateResult:
     started = time.perf_counter()
     strategy = select_strategy(settings, registry, strategy_name)
+    if not settings.url.is_sqlite:
+        settings.url.require_writable("migrate")
     scripts = read_scripts(settings)
     if scripts.alembic_ini is None:
         raise ConfigurationError(
@@ -265,7 +267,7 @@ async def _end_migration_sessions(
     """Terminate the migration's sessions until one was ended or the migration stopped by itself.
 
     None may be found while the migration is between sessions; it opens no
-    new one once stopping (see :func:`dbinit.alembic_runner.session_settings`).
+    new one once stopping (see :func:`dbinit.alembic_runner.session_listeners`).
     """
     import asyncpg
 

@@ -45,9 +45,10 @@ async def _drop_postgres(settings: Settings) -> int:
     import asyncpg
 
     connection = await asyncpg.connect(
-        settings.url.asyncpg_dsn(),
-        timeout=settings.connect_timeout,
-        server_settings={"application_name": f"dbinit-recreate:{settings.service}"[:63]},
+        **settings.url.asyncpg_connect_kwargs(
+            timeout=settings.connect_timeout,
+            server_settings={"application_name": f"dbinit-recreate:{settings.service}"[:63]},
+        )
     )
     try:
         schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")

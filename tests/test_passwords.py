@@ -126,9 +126,20 @@ def server_checks_passwords(url: str) -> bool:
         (f"postgresql+pymysql://orders:{ENCODED}@db.internal/orders", "unsupported PostgreSQL driver"),
         (f"orders:{ENCODED}@db.internal/orders", "is not a URL"),
         (f"sqlite://orders:{ENCODED}@db.internal/orders", "has a host in a sqlite URL"),
+        (f"postgresql://orders:{ENCODED}@db.internal/orders?sslmode=bogus", "invalid sslmode 'bogus'"),
+        (f"postgresql://orders:{ENCODED}@db.internal/orders?target_session_attrs=nonsense",
+         "invalid target_session_attrs 'nonsense'"),
+        (f"postgresql://orders:{ENCODED}@db.internal/orders?connect_timeout=abc",
+         "invalid connect_timeout 'abc'"),
+        (f"postgresql://orders:{ENCODED}@db.internal/orders?sslmod=require", "unknown parameter 'sslmod'"),
+        (f"postgresql://orders:{ENCODED}@db1:5432,db2:x/orders", "invalid port of host 2 of 2"),
+        (f"postgresql://orders:{ENCODED}@[::1/orders", "unclosed '['"),
+        (f"postgresql://orders:{ENCODED}@[::1:5432", "unclosed '['"),
+        (f"postgresql://orders:{ENCODED}@db1,,db2/orders", "empty host 2 of 3"),
     ],
     ids=["port", "no-database", "empty-database", "no-host", "mysql", "driver", "no-scheme",
-         "sqlite-host"],
+         "sqlite-host", "sslmode", "target-session-attrs", "connect-timeout", "unknown-parameter",
+         "multi-host-port", "ipv6-unclosed", "ipv6-unclosed-port", "empty-host"],
 )
 def test_malformed_url(project: Path, url: str, expected: str) -> None:
     result = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=url)
@@ -153,8 +164,11 @@ def test_malformed_url_given_as_a_flag(project: Path) -> None:
         (f"postgresql://u:admin:{SECRET}/x@db:5432/orders", f"admin:{SECRET}/x"),
         (f"postgresql://u:{ENCODED.lower()}@db:5432", ENCODED.lower()),
         (f"postgresql://u@db:5432?password={SECRET}", SECRET),
+        (f"postgresql://u:{SECRET}&x@db:5432/orders?{SECRET}", SECRET),
+        (f"postgresql://u:{SECRET}@db:5432/orders?target_session_attrs={SECRET}", SECRET),
+        (f"postgresql://u:{SECRET}#1@db:5432/orders", f"{SECRET}#1"),
     ],
-    ids=["unencoded", "lowercase-hex", "query-parameter"],
+    ids=["unencoded", "lowercase-hex", "query-parameter", "ampersand", "as-a-value", "hash"],
 )
 def test_malformed_url_written_unusually(project: Path, url: str, shown: str) -> None:
     result = run_dbinit("verify", cwd=project, DATABASE_URL=url)

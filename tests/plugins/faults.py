@@ -11,6 +11,8 @@
   ``pg_stat_activity`` / ``pg_locks`` and can hold locks for as long as a test needs.
 - ``scram_server``: a throwaway PostgreSQL with ``scram-sha-256`` authentication
   (the other servers trust everyone, so a wrong password would connect).
+- ``tls_server``: a throwaway PostgreSQL that accepts TLS connections only, with a
+  certificate signed by a throwaway CA (``openssl``); on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -258,23 +260,40 @@ def _run_pg(binary: Path, args: list[str], user: str | None, logs: Path) -> None
         raise RuntimeError(f"{binary.name} failed:\n{(logs / f'{binary.name}.out').read_text()}")
 
 
-@pytest.fixture(scope="session")
-def scram_server() -> Iterator[ScramServer]:
-    """A throwaway server with ``--auth=scram-sha-256`` from the pgserver wheel's binaries.
+@contextlib.contextmanager
+def throwaway_postgres(
+    prefix: str,
+    initdb_args: list[str],
+    *,
+    files: dict[str, str] | None = None,
+    hba: str | None = None,
+    server_options: str = "",
+    bindir: Path | None = None,
+) -> Iterator[tuple[int, Path]]:
+    """A PostgreSQL on 127.0.0.1 only, from ``bindir`` (default: the pgserver wheel's
+    binaries); yields (port, folder).
 
-    As root, PostgreSQL refuses to run: initdb and pg_ctl then run as the
-    unprivileged ``pgserver`` user, as pgserver itself does.
+    ``files`` are written into the folder first (mode 0600, owned by the server's
+    user: a TLS key must be); ``{base}`` in ``initdb_args`` and ``server_options``
+    is that folder. ``hba`` replaces ``pg_hba.conf``. The server is stopped and
+    the folder removed at the end. As root, PostgreSQL refuses to run: initdb and
+    pg_ctl then run as the unprivileged ``pgserver`` user, as pgserver itself does.
     """
     with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set (pgserver's import)
         warnings.simplefilter("ignore")
         from pgserver._commands import POSTGRES_BIN_PATH
         from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
-    password = f"sup3r-{SECRET}"
-    base = Path(tempfile.mkdtemp(prefix="dbinit-scram-"))
+    wheel = bindir is None
+    bindir = POSTGRES_BIN_PATH if bindir is None else bindir
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     data = base / "data"
-    pwfile = base / "pwfile"
-    pwfile.write_text(password + "\n")
+    written = []
+    for name, text in (files or {}).items():
+        path = base / name
+        path.write_text(text)
+        path.chmod(0o600)
+        written.append(path)
     user = None
     if os.geteuid() == 0:
         import pwd
@@ -284,31 +303,154 @@ def scram_server() -> Iterator[ScramServer]:
         entry = ensure_user_exists(user)
         assert entry is not None
         ensure_prefix_permissions(base)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        readable = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
-        for path in (base, pwfile):
+        if wheel:  # the wheel's files are root's only; a system installation's are not touched
+            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            readable = stat.S_IRGRP | stat.S_IROTH
+            ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        for path in (base, *written):
             os.chown(path, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
-    _run_pg(
-        POSTGRES_BIN_PATH / "initdb",
-        ["-D", str(data), "-U", "postgres", "--auth=scram-sha-256", f"--pwfile={pwfile}",
-         "--encoding=utf8", "--no-sync"],
-        user,
-        base,
-    )
-    port = free_port()
-    pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
-    _run_pg(
-        pg_ctl,
-        ["-D", str(data), "-w", "-t", "30", "-l", str(base / "server.log"),
-         "-o", f"-h 127.0.0.1 -p {port} -k {base}", "start"],
-        user,
-        base,
-    )
+    pg_ctl = bindir / "pg_ctl"
     try:
-        yield ScramServer(port, password)
+        _run_pg(
+            bindir / "initdb",
+            [*(arg.format(base=base) for arg in initdb_args), "-D", str(data), "-U", "postgres",
+             "--encoding=utf8", "--no-sync"],
+            user,
+            base,
+        )
+        if hba is not None:
+            (data / "pg_hba.conf").write_text(hba)
+        port = free_port()
+        try:
+            _run_pg(
+                pg_ctl,
+                ["-D", str(data), "-w", "-t", "30", "-l", str(base / "server.log"),
+                 "-o", f"-h 127.0.0.1 -p {port} -k {base} {server_options.format(base=base)}", "start"],
+                user,
+                base,
+            )
+        except RuntimeError as exc:
+            log = base / "server.log"
+            raise RuntimeError(f"{exc}\nserver.log:\n{log.read_text() if log.exists() else ''}") from None
+        try:
+            yield port, base
+        finally:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):  # already stopped
+                _run_pg(pg_ctl, ["-D", str(data), "-m", "immediate", "stop"], user, base)
     finally:
-        with contextlib.suppress(Exception):
-            _run_pg(pg_ctl, ["-D", str(data), "-m", "immediate", "stop"], user, base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def scram_server() -> Iterator[ScramServer]:
+    """A throwaway server with ``--auth=scram-sha-256``."""
+    password = f"sup3r-{SECRET}"
+    with throwaway_postgres(
+        "dbinit-scram-",
+        ["--auth=scram-sha-256", "--pwfile={base}/pwfile"],
+        files={"pwfile": password + "\n"},
+    ) as (port, _):
+        yield ScramServer(port, password)
+
+
+# -- a server that speaks TLS only --------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsServer:
+    """A PostgreSQL on 127.0.0.1:``port`` that accepts TLS connections only (trust auth).
+
+    Its certificate (for IP 127.0.0.1 and localhost) is signed by ``ca_file``;
+    ``other_ca_file`` signed nothing of it.
+    """
+
+    port: int
+    ca_file: Path
+    other_ca_file: Path
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?sslmode=require"
+
+    def url(self, database: str, query: str = "", *, hosts: str | None = None) -> str:
+        netloc = hosts or f"127.0.0.1:{self.port}"
+        return f"postgresql://postgres@{netloc}/{database}" + (f"?{query}" if query else "")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certificates(folder: Path) -> None:
+    """``ca.crt`` + ``server.crt``/``server.key`` (signed by it, for 127.0.0.1), ``other-ca.crt``."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    for name in ("ca", "other-ca"):
+        _openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
+                 "-subj", f"/CN=dbinit test {name}", *ca, cwd=folder)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=folder)
+    (folder / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "server.ext", cwd=folder)
+
+
+def postgres_bindirs() -> list[Path]:
+    """PostgreSQL installations to start a throwaway server from: the PATH's, the system's
+    (Debian's /usr/lib/postgresql/N/bin), then the pgserver wheel's (built without TLS)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+    found = []
+    on_path = shutil.which("postgres")
+    if on_path:
+        found.append(Path(on_path).resolve().parent)
+    found += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    found.append(POSTGRES_BIN_PATH)
+    unique = []
+    for bindir in found:
+        if bindir not in unique and (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
+            unique.append(bindir)
+    return unique
+
+
+@pytest.fixture(scope="session")
+def tls_server() -> Iterator[TlsServer]:
+    """A throwaway server with ``ssl=on`` and a pg_hba that rejects connections without TLS.
+
+    The pgserver wheel's PostgreSQL is built without TLS ("SSL is not supported
+    by this build"), so the first installation that starts with ``ssl=on`` is used;
+    none: the tests that need it are skipped, saying why.
+    """
+    certificates = Path(tempfile.mkdtemp(prefix="dbinit-certs-"))
+    try:
+        make_certificates(certificates)
+        failures = []
+        for bindir in postgres_bindirs():
+            try:
+                server = throwaway_postgres(
+                    "dbinit-tls-",
+                    ["--auth=trust"],
+                    files={name: (certificates / name).read_text() for name in ("server.crt", "server.key")},
+                    hba="local all all trust\n"
+                    "hostssl all all 127.0.0.1/32 trust\n"
+                    "hostnossl all all 127.0.0.1/32 reject\n",
+                    server_options="-c ssl=on -c ssl_cert_file={base}/server.crt "
+                    "-c ssl_key_file={base}/server.key",
+                    bindir=bindir,
+                )
+                port, _ = server.__enter__()
+            except RuntimeError as exc:
+                failures.append(f"{bindir}: {str(exc).strip().splitlines()[-1]}")
+                continue
+            try:
+                yield TlsServer(port, certificates / "ca.crt", certificates / "other-ca.crt")
+            finally:
+                server.__exit__(None, None, None)
+            return
+        pytest.skip("no PostgreSQL here starts with ssl=on: " + "; ".join(failures))
+    finally:
+        shutil.rmtree(certificates, ignore_errors=True)
