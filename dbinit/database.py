@@ -12,7 +12,7 @@ import dataclasses
 import socket
 from typing import TYPE_CHECKING, Protocol
 
-from dbinit.errors import DatabaseUnreachable
+from dbinit.errors import ConfigurationError, DatabaseUnreachable
 
 if TYPE_CHECKING:
     import asyncpg
@@ -73,12 +73,44 @@ class ProbeOptions:
     #: planning. A one-shot check sends it over the simple protocol instead.
     long_lived: bool = False
 
+    def __post_init__(self) -> None:
+        if self.schema:  # empty: the default schema, as everywhere else
+            _check_name(self.schema, "DBINIT_SCHEMA")
+        _check_name(self.version_table, "DBINIT_VERSION_TABLE")
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+
+def _check_name(name: str, setting: str) -> None:
+    """A name a database can hold: not empty, no NUL, valid UTF-8 (else exit 2, naming the setting)."""
+    if not name:
+        raise ConfigurationError(f"{setting} is empty", hint=f"Unset {setting} or give it a name")
+    if "\x00" in name:
+        raise ConfigurationError(
+            f"{setting} contains a NUL character, which no database name can hold",
+            hint=f"Fix {setting}",
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{setting} is not valid UTF-8", hint=f"Fix {setting} (its bytes are not UTF-8 text)"
+        ) from None
 
 
-def _identifier(name: str) -> str:
+def sql_literal(text: str) -> str:
+    """``text`` as a PostgreSQL string constant, whatever ``standard_conforming_strings`` says.
+
+    An escape string constant (``E'...'``) reads backslashes as escapes under
+    every setting, so with backslashes and quotes both doubled nothing in
+    ``text`` can end it. (A plain ``'...'`` constant reads backslashes as
+    escapes when the setting is off -- on a database, a role or through
+    ``options`` in the URL -- and doubling quotes alone then lets a backslash
+    followed by a quote end the constant early.)
+    """
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a quoted identifier (PostgreSQL and SQLite): only ``"`` is special inside."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -93,11 +125,14 @@ def postgres_state_query(
     does not exist (a database that is not ready anyway) does a second
     statement, ``with_versions=False``, read the rest.
 
-    Without a configured schema the version table is resolved through the
-    ``search_path``, as Alembic does.
+    Settings reach the text only through :func:`sql_literal` and
+    :func:`sql_identifier`. Without a configured schema the version table is
+    resolved through the ``search_path``, as Alembic does.
     """
-    schema_sql = _literal(schema) if schema else "current_schema()"
-    table = f"{_identifier(schema)}.{_identifier(version_table)}" if schema else _identifier(version_table)
+    schema_sql = sql_literal(schema) if schema else "current_schema()"
+    table = f"{sql_identifier(schema)}.{sql_identifier(version_table)}" if schema else sql_identifier(
+        version_table
+    )
     versions = (
         f"true, (SELECT string_agg(version_num::text, ' ' ORDER BY version_num) FROM {table})"
         if with_versions
@@ -268,10 +303,8 @@ class SqliteProbe:
             ).fetchone()
             versions: tuple[str, ...] = ()
             if row[1]:
-                quoted = '"' + table.replace('"', '""') + '"'
-                versions = tuple(
-                    sorted(r[0] for r in connection.execute(f"SELECT version_num FROM {quoted}"))
-                )
+                query = f"SELECT version_num FROM {sql_identifier(table)}"
+                versions = tuple(sorted(r[0] for r in connection.execute(query)))
         except sqlite3.DatabaseError as exc:
             raise DatabaseUnreachable(
                 f"cannot read SQLite database {self._url.database!r}: {exc}",
