@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
 import socket
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
 
     from dbinit.urls import DatabaseURL
 
+#: A version row longer than this is cut (with "…") in ``current_revision``:
+#: no revision id is that long, and the value reaches logs and probe bodies.
+MAX_REVISION_SHOWN = 255
+
 
 @dataclasses.dataclass(frozen=True)
 class DatabaseState:
@@ -26,8 +32,16 @@ class DatabaseState:
 
     ``table_count`` counts the tables in the target schema, the version table
     included (None when a readiness re-check only asked whether there are
-    any: counting scans the catalog); ``versions`` are the rows of the
-    version table (one per head).
+    any: counting scans the catalog).
+
+    ``versions`` are the string values of the version table's rows exactly
+    as Alembic reads them (``SELECT version_num``: nothing trimmed, split or
+    unescaped; one per head when the table is sound), sorted, duplicates
+    kept. ``invalid_versions`` are the other rows: NULL (``None``) or a value
+    that is not a string (a ``version_num`` column of another type).
+    ``version_table_problem`` says why an object named like the version table
+    cannot be read as one ("is a sequence, not a table"); the table then
+    counts as absent, as it does for Alembic.
     """
 
     backend: str
@@ -37,6 +51,8 @@ class DatabaseState:
     version_table_exists: bool
     versions: tuple[str, ...]
     database_exists: bool = True
+    invalid_versions: tuple[object, ...] = ()
+    version_table_problem: str = ""
 
     @property
     def is_empty(self) -> bool:
@@ -44,8 +60,15 @@ class DatabaseState:
 
     @property
     def current_revision(self) -> str | None:
-        """The current revision as the seed reports it (several heads: comma-joined)."""
-        return ",".join(self.versions) if self.versions else None
+        """The current revision as the seed reports it (several heads: comma-joined).
+
+        A row longer than :data:`MAX_REVISION_SHOWN` characters is cut there.
+        """
+        if not self.versions:
+            return None
+        return ",".join(
+            v if len(v) <= MAX_REVISION_SHOWN else v[:MAX_REVISION_SHOWN] + "…" for v in self.versions
+        )
 
 
 class Probe(Protocol):
@@ -114,6 +137,36 @@ def sql_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: What ``pg_class.relkind`` names, for messages.
+_RELATION_KINDS = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
+
+def relation_problem(kind: str, columns: list[str], error: str = "") -> str:
+    """Why the relation named like the version table is not one Alembic can use.
+
+    ``kind`` is a ``pg_class.relkind`` (SQLite: ``r`` or ``v``), ``columns``
+    its column names, ``error`` what reading it raised, if that is the reason.
+    """
+    what = _RELATION_KINDS.get(kind, f"a relation of kind {kind!r}")
+    if kind not in ("r", "p", "v", "m", "f"):
+        return f"is {what}, not a table"
+    if "version_num" in columns:
+        return f"is {what} that cannot be read" + (f" ({error})" if error else "")
+    shown = ", ".join(columns[:8]) + (", …" if len(columns) > 8 else "")
+    return f"is {what} without a version_num column (its columns: {shown or 'none'})"
+
+
 def postgres_state_query(
     schema: str | None, version_table: str, *, with_versions: bool = True, count_tables: bool = True
 ) -> str:
@@ -121,23 +174,41 @@ def postgres_state_query(
 
     It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
     protocol: one message out, one answer back, no type introspection by the
-    driver. It reads the version table optimistically; only when that table
-    does not exist (a database that is not ready anyway) does a second
-    statement, ``with_versions=False``, read the rest.
+    driver. It reads the version table optimistically; only when that fails
+    (a database that is not ready anyway: no such table, or an object of that
+    name that is not a version table) does a second statement,
+    ``with_versions=False``, read the rest and what the name is instead.
 
-    Settings reach the text only through :func:`sql_literal` and
-    :func:`sql_identifier`. Without a configured schema the version table is
-    resolved through the ``search_path``, as Alembic does.
+    The fallback runs when the first statement raises ``UndefinedTable`` (no
+    such relation or schema), ``UndefinedColumn`` (a sequence, a view or a
+    table without ``version_num``) or ``WrongObjectType`` (an index or a
+    composite type of that name).
+
+    The version rows come back as one JSON array of ``version_num`` exactly as
+    Alembic's ``SELECT version_num`` reads it: NULLs, padding, backslashes,
+    control characters and values of another type survive, and no text is
+    split. Settings reach the text only through :func:`sql_literal` and
+    :func:`sql_identifier`.
+
+    Without a configured schema the version table is resolved through the
+    ``search_path``, as Alembic does.
     """
     schema_sql = sql_literal(schema) if schema else "current_schema()"
     table = f"{sql_identifier(schema)}.{sql_identifier(version_table)}" if schema else sql_identifier(
         version_table
     )
-    versions = (
-        f"true, (SELECT string_agg(version_num::text, ' ' ORDER BY version_num) FROM {table})"
-        if with_versions
-        else "false, NULL"
-    )
+    if with_versions:
+        versions = f"true, (SELECT pg_catalog.json_agg(version_num) FROM {table})"
+    else:
+        name = (
+            f"pg_catalog.format('%I.%I', {sql_literal(schema)}, {sql_literal(version_table)})"
+            if schema
+            else f"pg_catalog.quote_ident({sql_literal(version_table)})"
+        )
+        versions = f"""false, (SELECT pg_catalog.json_build_object('kind', c.relkind, 'columns',
+                 (SELECT pg_catalog.json_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))
+            FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass({name}))"""
     tables = f"""FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = {schema_sql} AND c.relkind IN ('r', 'p')"""
@@ -149,21 +220,58 @@ def postgres_state_query(
 def postgres_state(
     version: str, schema: str, count: int, exists: bool, versions: str | None
 ) -> DatabaseState:
-    """The state from the statement's five columns (a count of -1: tables, not counted)."""
+    """The state from the statement's five columns (a count of -1: tables, not counted).
+
+    ``versions`` is JSON text: with ``exists``, the array of version rows
+    (NULL for none); without, what the name is instead (NULL for nothing).
+    """
+    document = json.loads(versions) if versions is not None else None
+    texts: tuple[str, ...] = ()
+    others: tuple[object, ...] = ()
+    problem = ""
+    if exists:
+        rows = document or []
+        texts = tuple(sorted(v for v in rows if isinstance(v, str)))
+        others = tuple(v for v in rows if not isinstance(v, str))
+    elif document is not None:
+        problem = relation_problem(document["kind"], document["columns"] or [])
     return DatabaseState(
         backend="postgresql",
         server_version=version,
         schema=schema,
         table_count=None if count < 0 else count,
         version_table_exists=exists,
-        versions=tuple(versions.split()) if versions else (),
+        versions=texts,
+        invalid_versions=others,
+        version_table_problem=problem,
     )
+
+
+_COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def copy_text_field(field: str) -> str | None:
+    r"""One field of ``COPY ... TO STDOUT`` text output with its escapes undone.
+
+    The server writes ``\N`` for NULL, a backslash as ``\\`` and the control
+    characters as ``\b \f \n \r \t \v``; any other backslashed character is
+    itself (it never writes octal or hex escapes).
+    """
+    if field == r"\N":
+        return None
+    if "\\" not in field:
+        return field
+    return _COPY_ESCAPE.sub(lambda m: _COPY_ESCAPES.get(m.group(1), m.group(1)), field)
 
 
 def parse_postgres_state(line: str) -> DatabaseState:
     """The state from the statement's ``COPY`` text output (one line)."""
-    version, schema, count, exists, versions = line.rstrip("\n").split("\t")
-    return postgres_state(version, schema, int(count), exists == "t", None if versions == r"\N" else versions)
+    version, schema, count, exists, versions = (
+        copy_text_field(field) for field in line.removesuffix("\n").split("\t")
+    )
+    assert version is not None and schema is not None and count is not None
+    return postgres_state(version, schema, int(count), exists == "t", versions)
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:
@@ -236,7 +344,7 @@ class PostgresProbe:
         try:
             try:
                 await self._connection.copy_from_query(query, output=sink, timeout=self._timeout)
-            except asyncpg.UndefinedTableError:
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError):
                 chunks.clear()
                 await self._connection.copy_from_query(fallback, output=sink, timeout=self._timeout)
         except _lost_errors() as exc:
@@ -249,7 +357,7 @@ class PostgresProbe:
         try:
             try:
                 row = await self._connection.fetchrow(query, timeout=self._timeout)
-            except asyncpg.UndefinedTableError:
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError):
                 row = await self._connection.fetchrow(fallback, timeout=self._timeout)
         except _lost_errors() as exc:
             raise self._lost(exc) from None
@@ -286,25 +394,38 @@ class SqliteProbe:
         if path is not None and not path.exists():
             return DatabaseState("sqlite", sqlite3.sqlite_version, "main", 0, False, (), False)
         target = path.absolute().as_uri() + "?mode=ro" if path is not None else ":memory:"
+        return self._read(target, uri=path is not None)
+
+    def _read(self, target: str, *, uri: bool) -> DatabaseState:
+        import sqlite3
+
         try:
-            connection = sqlite3.connect(target, uri=path is not None, timeout=self._options.query_timeout)
+            connection = sqlite3.connect(target, uri=uri, timeout=self._options.query_timeout)
         except sqlite3.Error as exc:
             raise DatabaseUnreachable(
                 f"cannot open SQLite database {self._url.database!r}: {exc}",
                 hint="Check the path in DATABASE_URL and its permissions",
             ) from None
+        table = self._options.version_table
         try:
-            table = self._options.version_table
-            row = connection.execute(
-                "SELECT count(*), EXISTS(SELECT 1 FROM sqlite_master "
-                "WHERE type = 'table' AND name = ?) FROM sqlite_master "
-                "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            count, kind = connection.execute(
+                "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%'), (SELECT type FROM sqlite_master "
+                "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE)",
                 (table,),
             ).fetchone()
-            versions: tuple[str, ...] = ()
-            if row[1]:
-                query = f"SELECT version_num FROM {sql_identifier(table)}"
-                versions = tuple(sorted(r[0] for r in connection.execute(query)))
+            rows: list[object] = []
+            problem = ""
+            if kind is not None:  # Alembic reads a view of that name too
+                try:
+                    query = f"SELECT version_num FROM {sql_identifier(table)}"
+                    rows = [r[0] for r in connection.execute(query)]
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorname != "SQLITE_ERROR":  # busy, locked, I/O: not the table's fault
+                        raise
+                    info = connection.execute("SELECT name FROM pragma_table_info(?)", (table,))
+                    columns = [r[0] for r in info]
+                    problem = relation_problem("v" if kind == "view" else "r", columns, str(exc))
         except sqlite3.DatabaseError as exc:
             raise DatabaseUnreachable(
                 f"cannot read SQLite database {self._url.database!r}: {exc}",
@@ -312,7 +433,16 @@ class SqliteProbe:
             ) from None
         finally:
             connection.close()
-        return DatabaseState("sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions)
+        return DatabaseState(
+            "sqlite",
+            sqlite3.sqlite_version,
+            "main",
+            count,
+            kind is not None and not problem,
+            tuple(sorted(v for v in rows if isinstance(v, str))),
+            invalid_versions=tuple(v for v in rows if not isinstance(v, str)),
+            version_table_problem=problem,
+        )
 
     async def close(self) -> None:
         return None
