@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import socket
+import stat
 from typing import TYPE_CHECKING, Protocol
 
 from dbinit.errors import ConfigurationError, DatabaseUnreachable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import asyncpg
 
     from dbinit.urls import DatabaseURL
@@ -377,7 +381,25 @@ class PostgresProbe:
 
 
 class SqliteProbe:
-    """A read-only SQLite connection; a missing file is an empty database."""
+    """A read-only SQLite connection that never creates or changes a file.
+
+    A missing file is an empty database. A rollback-journal database is
+    opened ``mode=ro`` (a shared lock, no file created). A WAL database
+    (header byte 19 is 2) needs its ``-shm`` wal-index to be read safely
+    next to a writer, and SQLite creates ``-wal`` and ``-shm`` when they are
+    missing, even ``mode=ro`` (which also fails in a read-only folder). So:
+
+    * ``-wal`` and ``-shm`` present (a writer has it open, or crashed):
+      ``mode=ro`` uses them as every reader does; nothing is created.
+    * no ``-wal``: every transaction is in the database file itself, which
+      is read ``immutable=1`` (no locks, no files) and then checked: if the
+      file changed or a ``-wal`` appeared meanwhile (a writer checkpointed),
+      the read is discarded and done again. ``immutable=1`` alone would be
+      wrong: it ignores a ``-wal`` and reads torn pages next to a writer.
+    * ``-wal`` without ``-shm``: unreadable without creating a file; reported
+      as unreachable (retryable: a writer opening the database is between
+      the two).
+    """
 
     def __init__(self, url: DatabaseURL, options: ProbeOptions) -> None:
         self._url = url
@@ -391,10 +413,61 @@ class SqliteProbe:
         import sqlite3
 
         path = self._url.sqlite_path
-        if path is not None and not path.exists():
+        if path is None:
+            return self._read(":memory:", uri=False)
+        if not path.exists():
             return DatabaseState("sqlite", sqlite3.sqlite_version, "main", 0, False, (), False)
-        target = path.absolute().as_uri() + "?mode=ro" if path is not None else ":memory:"
-        return self._read(target, uri=path is not None)
+        for _ in range(3):
+            target, before = self._target(path)
+            try:
+                state = self._read(target, uri=True)
+            except DatabaseUnreachable:
+                if before is None or before == _sqlite_snapshot(path):
+                    raise
+                continue  # a torn page (not a database, corrupt) read while a writer checkpointed
+            if before is None or before == _sqlite_snapshot(path):
+                return state
+        raise DatabaseUnreachable(
+            f"SQLite database {self._url.database!r} changed during every read",
+            hint="A writer checkpointed it while it was read; a retry reads it again",
+        )
+
+    def _target(self, path: Path) -> tuple[str, tuple[object, ...] | None]:
+        """The URI to read ``path`` through, and the snapshot to compare after an unlocked read."""
+        uri = path.absolute().as_uri()
+        if not self._is_wal(path):
+            return uri + "?mode=ro", None
+        wal, shm = f"{path}-wal", f"{path}-shm"
+        if os.path.exists(wal):
+            if not os.path.exists(shm):
+                raise DatabaseUnreachable(
+                    f"SQLite database {self._url.database!r} has a -wal file but no -shm: "
+                    "reading it would create one",
+                    hint="A writer is opening it (retry), or the -shm was deleted: open it once "
+                    "read-write (the migration job does) to rebuild it",
+                )
+            return uri + "?mode=ro", None
+        return uri + "?mode=ro&immutable=1", _sqlite_snapshot(path)
+
+    def _is_wal(self, path: Path) -> bool:
+        """Whether the file's header says WAL mode (read without blocking on a FIFO)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise DatabaseUnreachable(
+                f"cannot open SQLite database {self._url.database!r}: {exc.strerror}",
+                hint="Check the path in DATABASE_URL and its permissions",
+            ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigurationError(
+                    f"SQLite database {self._url.database!r} is not a regular file",
+                    hint="Point DATABASE_URL at a SQLite database file",
+                )
+            header = os.read(fd, 20)
+        finally:
+            os.close(fd)
+        return len(header) == 20 and header.startswith(b"SQLite format 3\x00") and header[19] == 2
 
     def _read(self, target: str, *, uri: bool) -> DatabaseState:
         import sqlite3
@@ -446,6 +519,12 @@ class SqliteProbe:
 
     async def close(self) -> None:
         return None
+
+
+def _sqlite_snapshot(path: Path) -> tuple[object, ...]:
+    """What a writer's checkpoint changes: the file's identity, size and times, and the -wal."""
+    info = os.stat(path)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, os.path.exists(f"{path}-wal"))
 
 
 async def open_probe(url: DatabaseURL, options: ProbeOptions) -> Probe:
