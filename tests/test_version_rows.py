@@ -330,6 +330,10 @@ def test_an_object_named_like_the_version_table_is_not_ready_never_a_traceback(
     assert entry["message"] == f"'alembic_version' in schema '{schema}' {says}"
     assert "DBINIT_VERSION_TABLE" in entry["hint"] and "Rename or drop" in entry["hint"]
     assert report["message"].endswith("[dbinit.E003]")
+    # the readiness probe's prepared statement falls back the same way
+    options = ProbeOptions(None, "alembic_version", 5, 5, "dbinit-test", long_lived=True)
+    state = asyncio.run(_read_once(database.parsed, options))
+    assert (state.version_table_exists, state.version_table_problem) == (False, says)
     # Alembic cannot work with it either
     assert alembic_upgrade(project, database) is not None
 
