@@ -270,6 +270,22 @@ def test_version_rows_are_read_and_judged_as_alembic_does(
         assert report["ok"] == verdict.ready, verdict
 
 
+@pytest.mark.parametrize("row", ["garbage", HEAD + " ", "f" * 1_000_000])
+@pytest.mark.parametrize("allow_ahead", ["false", "true"])
+def test_migrate_does_not_take_a_bad_row_for_a_newer_release(
+    project: Path, database: TestDatabase, row: str, allow_ahead: str
+) -> None:
+    assert alembic_upgrade(project, database) is None
+    rewrite_version_table(database, [row])
+    result = run_dbinit("migrate", cwd=project, DATABASE_URL=database.url, DBINIT_ALLOW_AHEAD=allow_ahead)
+    assert result.returncode == 2, result.output[:2000]  # final: no retry fixes it
+    error = next(line for line in result.stderr.splitlines() if line.startswith("Error: "))
+    assert len(error) < 600
+    if allow_ahead == "true":
+        assert "does not verify as ahead of it" in error
+    assert alembic_heads(project, database) == (row,)  # untouched
+
+
 @pytest.mark.parametrize("revision", ["a\\b", "tab\there", "new\nline", "quote'd"])
 def test_a_revision_id_alembic_allows_verifies_after_dbinit_migrates_it(
     project: Path, database: TestDatabase, revision: str
