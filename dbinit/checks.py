@@ -72,6 +72,22 @@ def Critical(msg: str, hint: str = "", id: str = "") -> CheckMessage:
     return CheckMessage(Level.CRITICAL, msg, hint, id)
 
 
+def quoted(value: object, limit: int = 80) -> str:
+    """A value read from the database, for a message.
+
+    Strings are quoted (``repr`` when they hold control characters, so a tab
+    or newline shows as such), NULL is ``NULL``, and anything longer than
+    ``limit`` characters is cut there, with "…".
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        text = value if len(value) <= limit else value[:limit] + "…"
+        return f"'{text}'" if text.isprintable() else repr(text)
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 @dataclasses.dataclass(frozen=True)
 class Facts:
     """Everything gathered before the checks run; checks only read it.

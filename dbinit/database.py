@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import re
 import socket
+import stat
 from typing import TYPE_CHECKING, Protocol
 
 from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import asyncpg
 
     from dbinit.urls import DatabaseURL
+
+#: A version row longer than this is cut (with "…") in ``current_revision``:
+#: no revision id is that long, and the value reaches logs and probe bodies.
+MAX_REVISION_SHOWN = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +36,16 @@ class DatabaseState:
 
     ``table_count`` counts the tables in the target schema, the version table
     included (None when a readiness re-check only asked whether there are
-    any: counting scans the catalog); ``versions`` are the rows of the
-    version table (one per head).
+    any: counting scans the catalog).
+
+    ``versions`` are the string values of the version table's rows exactly
+    as Alembic reads them (``SELECT version_num``: nothing trimmed, split or
+    unescaped; one per head when the table is sound), sorted, duplicates
+    kept. ``invalid_versions`` are the other rows: NULL (``None``) or a value
+    that is not a string (a ``version_num`` column of another type).
+    ``version_table_problem`` says why an object named like the version table
+    cannot be read as one ("is a sequence, not a table"); the table then
+    counts as absent, as it does for Alembic.
     """
 
     backend: str
@@ -37,6 +55,8 @@ class DatabaseState:
     version_table_exists: bool
     versions: tuple[str, ...]
     database_exists: bool = True
+    invalid_versions: tuple[object, ...] = ()
+    version_table_problem: str = ""
 
     @property
     def is_empty(self) -> bool:
@@ -44,8 +64,15 @@ class DatabaseState:
 
     @property
     def current_revision(self) -> str | None:
-        """The current revision as the seed reports it (several heads: comma-joined)."""
-        return ",".join(self.versions) if self.versions else None
+        """The current revision as the seed reports it (several heads: comma-joined).
+
+        A row longer than :data:`MAX_REVISION_SHOWN` characters is cut there.
+        """
+        if not self.versions:
+            return None
+        return ",".join(
+            v if len(v) <= MAX_REVISION_SHOWN else v[:MAX_REVISION_SHOWN] + "…" for v in self.versions
+        )
 
 
 class Probe(Protocol):
@@ -73,13 +100,75 @@ class ProbeOptions:
     #: planning. A one-shot check sends it over the simple protocol instead.
     long_lived: bool = False
 
+    def __post_init__(self) -> None:
+        if self.schema:  # empty: the default schema, as everywhere else
+            _check_name(self.schema, "DBINIT_SCHEMA")
+        _check_name(self.version_table, "DBINIT_VERSION_TABLE")
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+
+def _check_name(name: str, setting: str) -> None:
+    """A name a database can hold: not empty, no NUL, valid UTF-8 (else exit 2, naming the setting)."""
+    if not name:
+        raise ConfigurationError(f"{setting} is empty", hint=f"Unset {setting} or give it a name")
+    if "\x00" in name:
+        raise ConfigurationError(
+            f"{setting} contains a NUL character, which no database name can hold",
+            hint=f"Fix {setting}",
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{setting} is not valid UTF-8", hint=f"Fix {setting} (its bytes are not UTF-8 text)"
+        ) from None
 
 
-def _identifier(name: str) -> str:
+def sql_literal(text: str) -> str:
+    """``text`` as a PostgreSQL string constant, whatever ``standard_conforming_strings`` says.
+
+    An escape string constant (``E'...'``) reads backslashes as escapes under
+    every setting, so with backslashes and quotes both doubled nothing in
+    ``text`` can end it. (A plain ``'...'`` constant reads backslashes as
+    escapes when the setting is off -- on a database, a role or through
+    ``options`` in the URL -- and doubling quotes alone then lets a backslash
+    followed by a quote end the constant early.)
+    """
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a quoted identifier (PostgreSQL and SQLite): only ``"`` is special inside."""
     return '"' + name.replace('"', '""') + '"'
+
+
+#: What ``pg_class.relkind`` names, for messages.
+_RELATION_KINDS = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
+
+def relation_problem(kind: str, columns: list[str], error: str = "") -> str:
+    """Why the relation named like the version table is not one Alembic can use.
+
+    ``kind`` is a ``pg_class.relkind`` (SQLite: ``r`` or ``v``), ``columns``
+    its column names, ``error`` what reading it raised, if that is the reason.
+    """
+    what = _RELATION_KINDS.get(kind, f"a relation of kind {kind!r}")
+    if kind not in ("r", "p", "v", "m", "f"):
+        return f"is {what}, not a table"
+    if "version_num" in columns:
+        return f"is {what} that cannot be read" + (f" ({error})" if error else "")
+    shown = ", ".join(columns[:8]) + (", …" if len(columns) > 8 else "")
+    return f"is {what} without a version_num column (its columns: {shown or 'none'})"
 
 
 def postgres_state_query(
@@ -89,20 +178,41 @@ def postgres_state_query(
 
     It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
     protocol: one message out, one answer back, no type introspection by the
-    driver. It reads the version table optimistically; only when that table
-    does not exist (a database that is not ready anyway) does a second
-    statement, ``with_versions=False``, read the rest.
+    driver. It reads the version table optimistically; only when that fails
+    (a database that is not ready anyway: no such table, or an object of that
+    name that is not a version table) does a second statement,
+    ``with_versions=False``, read the rest and what the name is instead.
+
+    The fallback runs when the first statement raises ``UndefinedTable`` (no
+    such relation or schema), ``UndefinedColumn`` (a sequence, a view or a
+    table without ``version_num``) or ``WrongObjectType`` (an index or a
+    composite type of that name).
+
+    The version rows come back as one JSON array of ``version_num`` exactly as
+    Alembic's ``SELECT version_num`` reads it: NULLs, padding, backslashes,
+    control characters and values of another type survive, and no text is
+    split. Settings reach the text only through :func:`sql_literal` and
+    :func:`sql_identifier`.
 
     Without a configured schema the version table is resolved through the
     ``search_path``, as Alembic does.
     """
-    schema_sql = _literal(schema) if schema else "current_schema()"
-    table = f"{_identifier(schema)}.{_identifier(version_table)}" if schema else _identifier(version_table)
-    versions = (
-        f"true, (SELECT string_agg(version_num::text, ' ' ORDER BY version_num) FROM {table})"
-        if with_versions
-        else "false, NULL"
+    schema_sql = sql_literal(schema) if schema else "current_schema()"
+    table = f"{sql_identifier(schema)}.{sql_identifier(version_table)}" if schema else sql_identifier(
+        version_table
     )
+    if with_versions:
+        versions = f"true, (SELECT pg_catalog.json_agg(version_num) FROM {table})"
+    else:
+        name = (
+            f"pg_catalog.format('%I.%I', {sql_literal(schema)}, {sql_literal(version_table)})"
+            if schema
+            else f"pg_catalog.quote_ident({sql_literal(version_table)})"
+        )
+        versions = f"""false, (SELECT pg_catalog.json_build_object('kind', c.relkind, 'columns',
+                 (SELECT pg_catalog.json_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))
+            FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass({name}))"""
     tables = f"""FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = {schema_sql} AND c.relkind IN ('r', 'p')"""
@@ -114,21 +224,58 @@ def postgres_state_query(
 def postgres_state(
     version: str, schema: str, count: int, exists: bool, versions: str | None
 ) -> DatabaseState:
-    """The state from the statement's five columns (a count of -1: tables, not counted)."""
+    """The state from the statement's five columns (a count of -1: tables, not counted).
+
+    ``versions`` is JSON text: with ``exists``, the array of version rows
+    (NULL for none); without, what the name is instead (NULL for nothing).
+    """
+    document = json.loads(versions) if versions is not None else None
+    texts: tuple[str, ...] = ()
+    others: tuple[object, ...] = ()
+    problem = ""
+    if exists:
+        rows = document or []
+        texts = tuple(sorted(v for v in rows if isinstance(v, str)))
+        others = tuple(v for v in rows if not isinstance(v, str))
+    elif document is not None:
+        problem = relation_problem(document["kind"], document["columns"] or [])
     return DatabaseState(
         backend="postgresql",
         server_version=version,
         schema=schema,
         table_count=None if count < 0 else count,
         version_table_exists=exists,
-        versions=tuple(versions.split()) if versions else (),
+        versions=texts,
+        invalid_versions=others,
+        version_table_problem=problem,
     )
+
+
+_COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def copy_text_field(field: str) -> str | None:
+    r"""One field of ``COPY ... TO STDOUT`` text output with its escapes undone.
+
+    The server writes ``\N`` for NULL, a backslash as ``\\`` and the control
+    characters as ``\b \f \n \r \t \v``; any other backslashed character is
+    itself (it never writes octal or hex escapes).
+    """
+    if field == r"\N":
+        return None
+    if "\\" not in field:
+        return field
+    return _COPY_ESCAPE.sub(lambda m: _COPY_ESCAPES.get(m.group(1), m.group(1)), field)
 
 
 def parse_postgres_state(line: str) -> DatabaseState:
     """The state from the statement's ``COPY`` text output (one line)."""
-    version, schema, count, exists, versions = line.rstrip("\n").split("\t")
-    return postgres_state(version, schema, int(count), exists == "t", None if versions == r"\N" else versions)
+    version, schema, count, exists, versions = (
+        copy_text_field(field) for field in line.removesuffix("\n").split("\t")
+    )
+    assert version is not None and schema is not None and count is not None
+    return postgres_state(version, schema, int(count), exists == "t", versions)
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:
@@ -200,7 +347,7 @@ class PostgresProbe:
         try:
             try:
                 await self._connection.copy_from_query(query, output=sink, timeout=self._timeout)
-            except asyncpg.UndefinedTableError:
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError):
                 chunks.clear()
                 await self._connection.copy_from_query(fallback, output=sink, timeout=self._timeout)
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -215,7 +362,7 @@ class PostgresProbe:
         try:
             try:
                 row = await self._connection.fetchrow(query, timeout=self._timeout)
-            except asyncpg.UndefinedTableError:
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError):
                 row = await self._connection.fetchrow(fallback, timeout=self._timeout)
         except asyncpg.InsufficientPrivilegeError as exc:
             raise self._denied(exc) from None
@@ -253,7 +400,25 @@ class PostgresProbe:
 
 
 class SqliteProbe:
-    """A read-only SQLite connection; a missing file is an empty database."""
+    """A read-only SQLite connection that never creates or changes a file.
+
+    A missing file is an empty database. A rollback-journal database is
+    opened ``mode=ro`` (a shared lock, no file created). A WAL database
+    (header byte 19 is 2) needs its ``-shm`` wal-index to be read safely
+    next to a writer, and SQLite creates ``-wal`` and ``-shm`` when they are
+    missing, even ``mode=ro`` (which also fails in a read-only folder). So:
+
+    * ``-wal`` and ``-shm`` present (a writer has it open, or crashed):
+      ``mode=ro`` uses them as every reader does; nothing is created.
+    * no ``-wal``: every transaction is in the database file itself, which
+      is read ``immutable=1`` (no locks, no files) and then checked: if the
+      file changed or a ``-wal`` appeared meanwhile (a writer checkpointed),
+      the read is discarded and done again. ``immutable=1`` alone would be
+      wrong: it ignores a ``-wal`` and reads torn pages next to a writer.
+    * ``-wal`` without ``-shm``: unreadable without creating a file; reported
+      as unreachable (retryable: a writer opening the database is between
+      the two).
+    """
 
     def __init__(self, url: DatabaseURL, options: ProbeOptions) -> None:
         self._url = url
@@ -267,30 +432,92 @@ class SqliteProbe:
         import sqlite3
 
         path = self._url.sqlite_path
-        if path is not None and not path.exists():
+        if path is None:
+            return self._read(":memory:", uri=False)
+        if not path.exists():
             return DatabaseState("sqlite", sqlite3.sqlite_version, "main", 0, False, (), False)
-        target = path.absolute().as_uri() + "?mode=ro" if path is not None else ":memory:"
+        for _ in range(3):
+            target, before = self._target(path)
+            try:
+                state = self._read(target, uri=True)
+            except DatabaseUnreachable:
+                if before is None or before == _sqlite_snapshot(path):
+                    raise
+                continue  # a torn page (not a database, corrupt) read while a writer checkpointed
+            if before is None or before == _sqlite_snapshot(path):
+                return state
+        raise DatabaseUnreachable(
+            f"SQLite database {self._url.database!r} changed during every read",
+            hint="A writer checkpointed it while it was read; a retry reads it again",
+        )
+
+    def _target(self, path: Path) -> tuple[str, tuple[object, ...] | None]:
+        """The URI to read ``path`` through, and the snapshot to compare after an unlocked read."""
+        uri = path.absolute().as_uri()
+        if not self._is_wal(path):
+            return uri + "?mode=ro", None
+        wal, shm = f"{path}-wal", f"{path}-shm"
+        if os.path.exists(wal):
+            if not os.path.exists(shm):
+                raise DatabaseUnreachable(
+                    f"SQLite database {self._url.database!r} has a -wal file but no -shm: "
+                    "reading it would create one",
+                    hint="A writer is opening it (retry), or the -shm was deleted: open it once "
+                    "read-write (the migration job does) to rebuild it",
+                )
+            return uri + "?mode=ro", None
+        return uri + "?mode=ro&immutable=1", _sqlite_snapshot(path)
+
+    def _is_wal(self, path: Path) -> bool:
+        """Whether the file's header says WAL mode (read without blocking on a FIFO)."""
         try:
-            connection = sqlite3.connect(target, uri=path is not None, timeout=self._options.query_timeout)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise DatabaseUnreachable(
+                f"cannot open SQLite database {self._url.database!r}: {exc.strerror}",
+                hint="Check the path in DATABASE_URL and its permissions",
+            ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigurationError(
+                    f"SQLite database {self._url.database!r} is not a regular file",
+                    hint="Point DATABASE_URL at a SQLite database file",
+                )
+            header = os.read(fd, 20)
+        finally:
+            os.close(fd)
+        return len(header) == 20 and header.startswith(b"SQLite format 3\x00") and header[19] == 2
+
+    def _read(self, target: str, *, uri: bool) -> DatabaseState:
+        import sqlite3
+
+        try:
+            connection = sqlite3.connect(target, uri=uri, timeout=self._options.query_timeout)
         except sqlite3.Error as exc:
             raise DatabaseUnreachable(
                 f"cannot open SQLite database {self._url.database!r}: {exc}",
                 hint="Check the path in DATABASE_URL and its permissions",
             ) from None
+        table = self._options.version_table
         try:
-            table = self._options.version_table
-            row = connection.execute(
-                "SELECT count(*), EXISTS(SELECT 1 FROM sqlite_master "
-                "WHERE type = 'table' AND name = ?) FROM sqlite_master "
-                "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            count, kind = connection.execute(
+                "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%'), (SELECT type FROM sqlite_master "
+                "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE)",
                 (table,),
             ).fetchone()
-            versions: tuple[str, ...] = ()
-            if row[1]:
-                quoted = '"' + table.replace('"', '""') + '"'
-                versions = tuple(
-                    sorted(r[0] for r in connection.execute(f"SELECT version_num FROM {quoted}"))
-                )
+            rows: list[object] = []
+            problem = ""
+            if kind is not None:  # Alembic reads a view of that name too
+                try:
+                    query = f"SELECT version_num FROM {sql_identifier(table)}"
+                    rows = [r[0] for r in connection.execute(query)]
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorname != "SQLITE_ERROR":  # busy, locked, I/O: not the table's fault
+                        raise
+                    info = connection.execute("SELECT name FROM pragma_table_info(?)", (table,))
+                    columns = [r[0] for r in info]
+                    problem = relation_problem("v" if kind == "view" else "r", columns, str(exc))
         except sqlite3.DatabaseError as exc:
             raise DatabaseUnreachable(
                 f"cannot read SQLite database {self._url.database!r}: {exc}",
@@ -298,10 +525,25 @@ class SqliteProbe:
             ) from None
         finally:
             connection.close()
-        return DatabaseState("sqlite", sqlite3.sqlite_version, "main", row[0], bool(row[1]), versions)
+        return DatabaseState(
+            "sqlite",
+            sqlite3.sqlite_version,
+            "main",
+            count,
+            kind is not None and not problem,
+            tuple(sorted(v for v in rows if isinstance(v, str))),
+            invalid_versions=tuple(v for v in rows if not isinstance(v, str)),
+            version_table_problem=problem,
+        )
 
     async def close(self) -> None:
         return None
+
+
+def _sqlite_snapshot(path: Path) -> tuple[object, ...]:
+    """What a writer's checkpoint changes: the file's identity, size and times, and the -wal."""
+    info = os.stat(path)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, os.path.exists(f"{path}-wal"))
 
 
 async def open_probe(url: DatabaseURL, options: ProbeOptions) -> Probe:

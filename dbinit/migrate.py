@@ -7,6 +7,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from dbinit.checks import quoted
 from dbinit.database import describe_connect_error
 from dbinit.errors import ConfigurationError, MigrationFailed, Refused
 from dbinit.interrupts import RunControl
@@ -52,6 +53,12 @@ def select_strategy(settings: Settings, registry: Registry, name: str | None = N
     return strategy
 
 
+def _shown(revision: str) -> str:
+    """A recorded revision for a message: as is when it reads as one, else quoted and capped."""
+    plain = revision.isprintable() and " " not in revision and 0 < len(revision) <= 80
+    return revision if plain else quoted(revision)
+
+
 async def plan(settings: Settings) -> MigratePlan:
     """The revisions ``migrate`` would apply now (reads the database, writes nothing)."""
     scripts = read_scripts(settings)
@@ -59,7 +66,7 @@ async def plan(settings: Settings) -> MigratePlan:
     unknown = [v for v in state.versions if v not in scripts.graph]
     if unknown:
         raise ConfigurationError(
-            f"the database is at revision {', '.join(unknown)}, unknown to these migrations",
+            f"the database is at revision {', '.join(map(_shown, unknown))}, unknown to these migrations",
             hint="Run the image whose migrations contain it",
         )
     return MigratePlan(state.versions, scripts.heads, tuple(scripts.graph.pending(state.versions)))
@@ -195,14 +202,22 @@ async def _ahead_of_image(
     """
     if not settings.allow_ahead:
         raise ConfigurationError(
-            f"the database is at revision {', '.join(ahead)}, which this release's migrations do "
-            f"not contain (heads: {', '.join(scripts.heads) or 'none'}): a newer release migrated it",
+            f"the database is at revision {', '.join(map(_shown, ahead))}, which this release's "
+            f"migrations do not contain (heads: {', '.join(scripts.heads) or 'none'}): a newer "
+            "release migrated it, or the version table is wrong",
             hint="Nothing for this job to do: deploy the newer release. With backward-compatible "
             "migrations set DBINIT_ALLOW_AHEAD=true to let an older job finish as up to date.",
         )
-    log.warning("Database ahead of this release: nothing to migrate", current=ahead,
-                heads=list(scripts.heads))
     report = await verify(settings, registry, log, scripts=scripts)
+    if not report.ok:
+        # not a newer release's revision after all (garbage, NULL, overlapping rows): final
+        raise ConfigurationError(
+            f"the database is at revision {', '.join(map(_shown, ahead))}, unknown to this "
+            f"release, and does not verify as ahead of it: {report.message}",
+            hint=report.hint,
+        )
+    log.warning("Database ahead of this release: nothing to migrate", current=[_shown(v) for v in ahead],
+                heads=list(scripts.heads))
     return _finished(settings, registry, strategy, (), report, started)
 
 

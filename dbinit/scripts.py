@@ -17,6 +17,7 @@ import dataclasses
 import heapq
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -412,8 +413,7 @@ def read_revision_file(path: Path) -> Revision:
     import) makes the file unreadable, so that Alembic decides.
     """
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        data = _read_regular_file(path)
         text = "\n" + data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UnreadableRevision(path, f"cannot be read ({exc})") from None
@@ -457,6 +457,42 @@ def read_revision_file(path: Path) -> Revision:
         depends_on=_names(path, "depends_on", values.get("depends_on"), unique=True),
         file=str(path),
     )
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file (after symlinks).
+
+    Opened without blocking (``O_NONBLOCK``: a FIFO with no writer would
+    block ``open`` forever) and checked on the open descriptor, so nothing
+    can swap the file in between. Anything else raises
+    :class:`ConfigurationError`: Alembic would import it and hang (a FIFO)
+    or fail, so falling back to Alembic is no answer.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise ConfigurationError(
+                f"migration file {str(path)!r} is {kind}, not a regular file: Alembic would try "
+                "to import it (and a FIFO blocks forever)",
+                hint="Remove it from the versions folder, or rename it so that it does not end in .py",
+            )
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _in_triple_quoted_string(text: str, position: int, double: int, single: int) -> bool:

@@ -18,19 +18,57 @@ default: the old code may not work on the new schema. Teams whose migrations
 are backward compatible (expand/contract) set ``DBINIT_ALLOW_AHEAD=true``;
 E004 then reports it as a warning (``dbinit.W004``) and E005 passes with a
 note that the head comparison does not apply.
+
+The version table is read as Alembic reads it, and E004 fails on every row
+Alembic cannot start an upgrade from, whatever ``DBINIT_ALLOW_AHEAD`` says:
+
+* NULL, an empty string or a value that is not a string: Alembic ignores a
+  NULL (and would upgrade from the base), fails on the others. NULL or empty
+  rows are never "no revision recorded".
+* a value that cannot be a revision id: whitespace (``'abc '``, two ids in
+  one row), control characters, Alembic's forbidden ``@ - + :``, longer
+  than any revision id, or an abbreviation of one of this image's revisions
+  (Alembic resolves it for ``current`` but cannot update such a row).
+* an unknown value not shaped like this project's revision ids (characters
+  of kinds its ids never use; Alembic's own ids are 12 hex digits): no
+  release of the project wrote it, so it is not taken for a newer release.
+* two rows of which one is an ancestor of the other: Alembic keeps only
+  heads and refuses to upgrade ("overlaps with other requested revisions").
+
+A duplicated row is harmless at head (Alembic upgrades nothing); when the
+database is behind, E005 says to delete it first (Alembic updates one row
+per head and stops when it finds two).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from dbinit import hookimpl
-from dbinit.checks import Check, CheckMessage, Error, Facts, Info, Warning, check
+from dbinit.checks import Check, CheckMessage, Error, Facts, Info, Warning, check, quoted
+
+if TYPE_CHECKING:
+    from dbinit.scripts import RevisionGraph
 
 MIGRATE_HINT = (
     "The migration job has not run or has failed for this release: check its logs "
     "(kubectl logs job/<service>-migration) or run `dbinit migrate`."
 )
+
+
+FIX_ROWS_HINT = (
+    "Alembic cannot upgrade from such a row either. Find what wrote it, then record the real "
+    "revision: `alembic stamp --purge <revision>` replaces every row of the version table."
+)
+VERSION_OBJECT_HINT = (
+    "Alembic cannot use it as its version table (`alembic upgrade` fails on it). Rename or drop "
+    "that object, or set DBINIT_VERSION_TABLE (and version_table in env.py) to the real one."
+)
+#: Characters Alembic refuses in a revision id (alembic.script.revision).
+_ILLEGAL_REVISION_CHARS = frozenset("@-+:")
+#: Alembic's version_num column is VARCHAR(32) unless a project widens it.
+_DEFAULT_REVISION_LENGTH = 32
 
 
 def _state(facts: Facts):  # type: ignore[no-untyped-def]
@@ -58,7 +96,14 @@ def migrations_present(facts: Facts) -> Iterator[CheckMessage]:
 def database_not_empty(facts: Facts) -> Iterator[CheckMessage]:
     """The database has tables."""
     state = _state(facts)
-    if state.is_empty:
+    if state.is_empty and state.version_table_problem:
+        yield Error(
+            f"Database is empty (no tables in schema {state.schema!r}), and "
+            f"{facts.settings.version_table!r} there {state.version_table_problem}",
+            hint=VERSION_OBJECT_HINT,
+            id="dbinit.E002",
+        )
+    elif state.is_empty:
         yield Error(
             f"Database is empty (no tables in schema {state.schema!r})",
             hint=MIGRATE_HINT,
@@ -74,7 +119,13 @@ def alembic_table_present(facts: Facts) -> Iterator[CheckMessage]:
     """The Alembic version table exists."""
     state = _state(facts)
     table = facts.settings.version_table
-    if not state.version_table_exists:
+    if state.version_table_problem:
+        yield Error(
+            f"{table!r} in schema {state.schema!r} {state.version_table_problem}",
+            hint=VERSION_OBJECT_HINT,
+            id="dbinit.E003",
+        )
+    elif not state.version_table_exists:
         yield Error(
             f"Table {table!r} is missing from schema {state.schema!r}, "
             f"which has {'some' if state.table_count is None else state.table_count} other tables",
@@ -97,26 +148,69 @@ def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
     """The database's current revision is one of this image's migrations."""
     state = _state(facts)
     graph = facts.scripts.graph
-    if not state.versions:
+    table = facts.settings.version_table
+    if not state.versions and not state.invalid_versions:
         yield Error(
-            f"Table {facts.settings.version_table!r} is empty: the database has no current revision",
+            f"Table {table!r} is empty: the database has no current revision",
             hint=MIGRATE_HINT,
             id="dbinit.E004",
         )
         return
-    unknown = [v for v in state.versions if v not in graph]
-    if not unknown:
-        yield Info(f"Current revision {state.current_revision} is known", id="dbinit.E004")
-    elif facts.settings.allow_ahead:
+    faults = [(quoted(v), _not_text(v)) for v in state.invalid_versions]
+    foreign: list[str] = []
+    ahead: list[str] = []
+    for value in dict.fromkeys(state.versions):
+        if value in graph:
+            continue
+        fault = _revision_fault(value, graph)
+        if fault is not None:
+            faults.append((quoted(value), fault))
+        elif _shaped_like_the_project(value, graph):
+            ahead.append(value)
+        else:
+            foreign.append(value)
+    failed = False
+    if faults:
+        failed = True
+        yield Error(
+            f"Table {table!r} has {_rows(len(faults))} that {'is' if len(faults) == 1 else 'are'} "
+            "not a revision id: " + _listed(f"{value} ({why})" for value, why in faults),
+            hint=FIX_ROWS_HINT,
+            id="dbinit.E004",
+        )
+    if foreign:
+        failed = True
+        yield Error(
+            f"Current revision {_listed(quoted(v) for v in foreign)} is not in this image's "
+            f"migrations (heads: {', '.join(graph.heads) or 'none'}) and is not shaped like this "
+            "project's revision ids, so it is not taken for a newer release's",
+            hint="No release of this project wrote that value: find what did, then record the real "
+            "revision (`alembic stamp --purge <revision>`). DBINIT_ALLOW_AHEAD does not apply.",
+            id="dbinit.E004",
+        )
+    overlapping = _overlapping(state.versions, graph)
+    if overlapping:
+        failed = True
+        shown = "; ".join(f"{old} comes before {new}" for old, new in overlapping[:5])
+        yield Error(
+            f"Table {table!r} lists revisions that overlap ({shown}): Alembic records only the "
+            "heads and refuses to upgrade from this",
+            hint="A hand edit or a failed stamp left the older row(s): delete the row(s) for "
+            + ", ".join(dict.fromkeys(old for old, _ in overlapping))
+            + " from the version table.",
+            id="dbinit.E004",
+        )
+    if ahead and facts.settings.allow_ahead:
         yield Warning(
-            f"Current revision {', '.join(unknown)} is not in this image's migrations; "
+            f"Current revision {', '.join(ahead)} is not in this image's migrations; "
             "accepted as a database ahead of the image (DBINIT_ALLOW_AHEAD=true)",
             hint="Expected while a newer release rolls out; otherwise deploy the newer image.",
             id="dbinit.W004",
         )
-    else:
+    elif ahead:
+        failed = True
         yield Error(
-            f"Current revision {', '.join(unknown)} is not in this image's migrations "
+            f"Current revision {', '.join(ahead)} is not in this image's migrations "
             f"(heads: {', '.join(graph.heads) or 'none'})",
             hint="The database was migrated by a newer or different image. Deploy the image "
             "whose migrations contain that revision; during a rolling deploy with backward-"
@@ -124,6 +218,90 @@ def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
             "fix the version table (alembic stamp).",
             id="dbinit.E004",
         )
+    if not failed and not ahead:
+        yield Info(f"Current revision {state.current_revision} is known", id="dbinit.E004")
+
+
+def _rows(count: int) -> str:
+    return "a row" if count == 1 else f"{count} rows"
+
+
+def _listed(items: Iterable[str], limit: int = 5) -> str:
+    """At most ``limit`` items, comma-joined, then "…"."""
+    items = list(items)
+    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
+
+
+def _not_text(value: object) -> str:
+    """Why a row that is not a string cannot be a revision."""
+    if value is None:
+        return "Alembic reads it as no revision at all"
+    kind = {bool: "boolean", int: "number", float: "number", dict: "object", list: "array"}.get(
+        type(value), "BLOB" if isinstance(value, bytes) else type(value).__name__
+    )
+    return f"a {kind}, not a string: the version_num column has the wrong type"
+
+
+def _revision_fault(value: str, graph: RevisionGraph) -> str | None:
+    """Why a value unknown to ``graph`` cannot be a revision id at all (None: it could be)."""
+    if not value:
+        return "empty"
+    if value != value.strip():
+        return "leading or trailing whitespace"
+    if any(c.isspace() for c in value):
+        return "whitespace inside: Alembic stores one revision per row"
+    if not value.isprintable():
+        return "control characters"
+    illegal = sorted(set(value) & _ILLEGAL_REVISION_CHARS)
+    if illegal:
+        return f"{' '.join(illegal)}, which Alembic does not allow in a revision id"
+    longest = max(map(len, graph.revisions), default=0)
+    if len(value) > max(_DEFAULT_REVISION_LENGTH, longest):
+        return f"{len(value)} characters, longer than any revision id"
+    full = next((r for r in graph.revisions if r.startswith(value)), None)
+    if full is not None:
+        return f"an abbreviation of {full}; Alembic writes full ids"
+    return None
+
+
+def _character_kind(char: str) -> str:
+    if char in "0123456789abcdef":
+        return "hex"
+    if "a" <= char <= "z":
+        return "lower"
+    if "A" <= char <= "Z":
+        return "upper"
+    return char
+
+
+def _shaped_like_the_project(value: str, graph: RevisionGraph) -> bool:
+    """Whether ``value`` uses only kinds of characters this project's revision ids use.
+
+    Alembic generates 12 hex digits, so hex is always allowed; a project
+    with its own ids (``0001_init``) allows what those use.
+    """
+    kinds = {"hex"}
+    for revision in graph.revisions:
+        kinds.update(map(_character_kind, revision))
+    return all(_character_kind(c) in kinds for c in value)
+
+
+def _overlapping(versions: tuple[str, ...], graph: RevisionGraph) -> list[tuple[str, str]]:
+    """Pairs (older, newer) of recorded revisions where one comes before the other."""
+    known = [v for v in dict.fromkeys(versions) if v in graph]
+    if len(known) < 2:
+        return []
+    heads = set(graph.heads)
+    if all(v in heads for v in known) and not any(r.depends_on for r in graph.revisions.values()):
+        return []  # heads never come before each other, except through depends_on
+    below = graph.ancestors(p for v in known for p in graph.parents(v))
+    if not below.intersection(known):
+        return []
+    pairs = []
+    for newer in known:
+        before = graph.ancestors(graph.parents(newer))
+        pairs.extend((older, newer) for older in known if older != newer and older in before)
+    return pairs
 
 
 @check(
@@ -143,11 +321,18 @@ def current_revision_is_head(facts: Facts) -> Iterator[CheckMessage]:
     pending = [] if set(state.versions) == set(graph.heads) else graph.pending(state.versions)
     if pending:
         shown = ", ".join(pending[:5]) + (", …" if len(pending) > 5 else "")
+        duplicated = sorted({v for v in state.versions if state.versions.count(v) > 1})
+        first = (
+            f" First delete the duplicate row(s) for {', '.join(duplicated)} from the version "
+            "table: Alembic updates one row per head and stops when it finds two."
+            if duplicated
+            else ""
+        )
         yield Error(
             f"Database is behind: {len(pending)} migration(s) pending ({shown}); "
             f"at {state.current_revision}, head is {', '.join(graph.heads)}",
             hint="Run the migration job for this release (`dbinit migrate`) before starting "
-            "the service; services never migrate.",
+            "the service; services never migrate." + first,
             id="dbinit.E005",
         )
     else:
