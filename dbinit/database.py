@@ -100,28 +100,6 @@ class ProbeOptions:
     #: planning. A one-shot check sends it over the simple protocol instead.
     long_lived: bool = False
 
-    def __post_init__(self) -> None:
-        if self.schema:  # empty: the default schema, as everywhere else
-            _check_name(self.schema, "DBINIT_SCHEMA")
-        _check_name(self.version_table, "DBINIT_VERSION_TABLE")
-
-
-def _check_name(name: str, setting: str) -> None:
-    """A name a database can hold: not empty, no NUL, valid UTF-8 (else exit 2, naming the setting)."""
-    if not name:
-        raise ConfigurationError(f"{setting} is empty", hint=f"Unset {setting} or give it a name")
-    if "\x00" in name:
-        raise ConfigurationError(
-            f"{setting} contains a NUL character, which no database name can hold",
-            hint=f"Fix {setting}",
-        )
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigurationError(
-            f"{setting} is not valid UTF-8", hint=f"Fix {setting} (its bytes are not UTF-8 text)"
-        ) from None
-
 
 def sql_literal(text: str) -> str:
     """``text`` as a PostgreSQL string constant, whatever ``standard_conforming_strings`` says.

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -37,8 +37,22 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 MAX_SECONDS = 2_147_483
 #: A timeout in seconds: finite, positive, at most :data:`MAX_SECONDS`.
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+def _fits_an_identifier(value: str) -> str:
+    """A name PostgreSQL can hold as it is: no NUL, at most 63 bytes (names reach SQL escaped)."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character, which no database name can hold")
+    if len(value.encode("utf-8", "surrogatepass")) > IDENTIFIER_BYTES:
+        raise ValueError(
+            f"is longer than {IDENTIFIER_BYTES} bytes, the longest name PostgreSQL keeps "
+            "(it would cut it short, and nothing would match)"
+        )
+    return value
+
+
+#: PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated.
+IDENTIFIER_BYTES = 63
 #: A non-empty name (schema, table, strategy), spaces around it ignored.
-Name = Annotated[str, Field(min_length=1, max_length=63)]
+Name = Annotated[str, Field(min_length=1), AfterValidator(_fits_an_identifier)]
 #: An HTTP path for a probe.
 ProbePath = Annotated[str, Field(pattern=r"^/[^\s?#]*$")]
 

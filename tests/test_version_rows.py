@@ -430,9 +430,18 @@ def scs_off(request: pytest.FixtureRequest, pg_database: TestDatabase) -> str:
 
 
 def _scs(url: str) -> str:
+    import asyncpg
+
     from dbinit.urls import DatabaseURL
 
-    rows = asyncio.run(_pg(DatabaseURL.parse(url).asyncpg_dsn(), "SHOW standard_conforming_strings"))
+    async def show() -> str:  # connected as dbinit connects: the URL's options included
+        connection = await asyncpg.connect(**DatabaseURL.parse(url).asyncpg_connect_kwargs(timeout=10))
+        try:
+            return str(await connection.fetchval("SHOW standard_conforming_strings"))
+        finally:
+            await connection.close()
+
+    rows = [(asyncio.run(show()),)]
     return str(rows[0][0])
 
 
@@ -446,6 +455,11 @@ def test_a_crafted_schema_or_version_table_cannot_run_sql(
     value = PAYLOADS[payload].format(table=table, sleep=SLEEP)
 
     started = time.monotonic()
+    if len(value.encode()) > 63:  # no PostgreSQL name is that long: refused before any SQL
+        for setting in ("DBINIT_SCHEMA", "DBINIT_VERSION_TABLE"):
+            code, report, _ = verify(project, scs_off, **{setting: value})
+            assert code == 2 and "longer than 63 bytes" in report["message"], report
+        value = value[:63]
     # a schema of that name does not exist: empty (it reaches both statements)
     code, report, _ = verify(project, scs_off, DBINIT_SCHEMA=value)
     assert code == 4, report
@@ -463,8 +477,8 @@ def test_a_crafted_schema_or_version_table_cannot_run_sql(
 @pytest.mark.parametrize(
     ("setting", "value", "says"),
     [
-        ("DBINIT_VERSION_TABLE", "", "DBINIT_VERSION_TABLE is empty"),
-        ("DBINIT_SCHEMA", "sch\udcffema", "DBINIT_SCHEMA is not valid UTF-8"),  # a non-UTF-8 byte
+        ("DBINIT_VERSION_TABLE", "", "invalid setting DBINIT_VERSION_TABLE: String should have at least 1"),
+        ("DBINIT_SCHEMA", "sch\udcffema", "invalid setting DBINIT_SCHEMA: Input should be a valid string"),
     ],
 )
 def test_a_name_no_database_can_hold_is_a_configuration_error(
