@@ -263,9 +263,10 @@ async def in_process(project: Path, url: str, runs: int) -> tuple[float, float, 
     import structlog
 
     from dbinit.database import open_probe
+    from dbinit.facts import probe_options, read_scripts
     from dbinit.pluginmanager import Registry
     from dbinit.settings import load_settings
-    from dbinit.verify import probe_options, read_scripts, verify
+    from dbinit.verify import verify
 
     os.chdir(project)
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the logger

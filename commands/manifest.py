@@ -7,8 +7,9 @@ from typing import Any
 
 from dbinit.errors import ConfigurationError
 from dbinit.management.base import BaseCommand
-from dbinit.manifest import StaleManifest, load_manifest, manifest_path, write_manifest
-from dbinit.scripts import find_layout, read_migration_scripts
+from dbinit.revisions.layout import find_layout
+from dbinit.revisions.manifest import StaleManifest, load_manifest, manifest_path, write_manifest
+from dbinit.revisions.scripts import read_migration_scripts
 
 
 class Command(BaseCommand):

@@ -7,9 +7,9 @@ from typing import Any
 
 from dbinit.alembic_runner import offline_sql
 from dbinit.errors import ConfigurationError
+from dbinit.facts import read_scripts
 from dbinit.management.base import BaseCommand
 from dbinit.migrate import migrate, plan, select_strategy
-from dbinit.verify import read_scripts
 
 
 class Command(BaseCommand):

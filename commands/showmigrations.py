@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbinit.facts import read_scripts, read_state
 from dbinit.management.base import BaseCommand
-from dbinit.verify import read_scripts, read_state
 
 
 class Command(BaseCommand):

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.interrupts import RunControl
-    from dbinit.scripts import MigrationScripts
+    from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 _ASYNC_MARKERS = (
@@ -61,12 +61,15 @@ def alembic_config(
 ) -> Config:
     from alembic.config import Config
 
-    if scripts.alembic_ini is None:
+    if not scripts.configured:
         raise ConfigurationError(
-            "migrate needs alembic.ini (DBINIT_ALEMBIC_INI), not only a versions folder",
+            "migrate needs Alembic's configuration (alembic.ini, DBINIT_ALEMBIC_INI, or "
+            "[tool.alembic] in pyproject.toml), not only a versions folder",
             hint="Run where alembic.ini is or set DBINIT_ALEMBIC_INI",
         )
-    config = Config(str(scripts.alembic_ini), stdout=stdout or sys.stdout)
+    files: dict[str, Any] = {"toml_file": str(scripts.pyproject)} if scripts.pyproject else {}
+    ini = str(scripts.alembic_ini) if scripts.alembic_ini is not None else None
+    config = Config(ini, stdout=stdout or sys.stdout, **files)
     config.output_buffer = stdout or sys.stdout
     url = settings.url.for_sqlalchemy(async_driver=env_is_async(scripts))
     # configparser interpolation: a percent-encoded password must be escaped.

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from dbinit.database import Probe
     from dbinit.pluginmanager import Registry
     from dbinit.report import VerifyReport
-    from dbinit.scripts import MigrationScripts
+    from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 Scope = MutableMapping[str, Any]
@@ -276,8 +276,9 @@ class DatabaseGate:
                            reason=reason, exc_info=exc)
 
     async def _startup(self) -> VerifyReport:
+        from dbinit.facts import read_scripts
         from dbinit.pluginmanager import Registry
-        from dbinit.verify import read_scripts, verify
+        from dbinit.verify import verify
         from dbinit.wait import backoff_delays
 
         settings = self.settings
@@ -320,7 +321,7 @@ class DatabaseGate:
     async def _connect(self) -> Probe:
         if self._probe is None:
             from dbinit.database import open_probe
-            from dbinit.verify import probe_options
+            from dbinit.facts import probe_options
 
             options = probe_options(self.settings, "ready", long_lived=True)
             self._probe = await open_probe(self.settings.url, options)

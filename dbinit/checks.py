@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dbinit.database import DatabaseState
-    from dbinit.scripts import MigrationScripts
+    from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 

@@ -10,17 +10,18 @@ from typing import TYPE_CHECKING
 from dbinit.checks import quoted
 from dbinit.database import describe_connect_error
 from dbinit.errors import ConfigurationError, MigrationFailed, Refused
+from dbinit.facts import read_scripts, read_state
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
 from dbinit.report import MigratePlan, MigrateResult, VerifyReport
 from dbinit.strategies import Strategy, StrategyContext
-from dbinit.verify import read_scripts, read_state, verify
+from dbinit.verify import verify
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.pluginmanager import Registry
-    from dbinit.scripts import MigrationScripts
+    from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 
@@ -101,9 +102,10 @@ async def _migrate(
     if not settings.url.is_sqlite:
         settings.url.require_writable("migrate")
     scripts = read_scripts(settings)
-    if scripts.alembic_ini is None:
+    if not scripts.configured:
         raise ConfigurationError(
-            "migrate needs alembic.ini (DBINIT_ALEMBIC_INI)",
+            "migrate needs Alembic's configuration: alembic.ini (DBINIT_ALEMBIC_INI) or "
+            "[tool.alembic] in pyproject.toml",
             hint="Run where alembic.ini is or set DBINIT_ALEMBIC_INI",
         )
     log.info(

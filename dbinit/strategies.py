@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from dbinit.database import DatabaseState
     from dbinit.interrupts import RunControl
-    from dbinit.scripts import MigrationScripts
+    from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 

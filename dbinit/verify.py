@@ -11,47 +11,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dbinit.checks import Check, Facts, Level, run_checks
-from dbinit.database import Probe, ProbeOptions, open_probe
+from dbinit.database import Probe
 from dbinit.errors import FOREIGN_FAILURES, PluginError
+from dbinit.facts import read_scripts, read_state
 from dbinit.report import VerifyReport
-from dbinit.scripts import MigrationScripts, read_migration_scripts
+from dbinit.revisions.scripts import MigrationScripts
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from dbinit.database import DatabaseState
     from dbinit.pluginmanager import Registry
     from dbinit.settings import Settings
-
-
-def probe_options(
-    settings: Settings, purpose: str, *, long_lived: bool = False, budget: float | None = None
-) -> ProbeOptions:
-    """Connection options; ``budget`` (seconds left to a deadline) caps both timeouts."""
-    cap = max(budget, 0.05) if budget is not None else None
-    return ProbeOptions(
-        schema=settings.db_schema,
-        version_table=settings.version_table,
-        connect_timeout=min(settings.connect_timeout, cap) if cap else settings.connect_timeout,
-        query_timeout=min(settings.verify_timeout, cap) if cap else settings.verify_timeout,
-        application_name=f"dbinit-{purpose}:{settings.service}",
-        long_lived=long_lived,
-    )
-
-
-def read_scripts(settings: Settings) -> MigrationScripts:
-    return read_migration_scripts(settings.alembic_ini, settings.migrations_dir)
-
-
-async def read_state(
-    settings: Settings, purpose: str = "verify", budget: float | None = None
-) -> DatabaseState:
-    """Connect, read the state in one round trip, disconnect."""
-    probe = await open_probe(settings.url, probe_options(settings, purpose, budget=budget))
-    try:
-        return await probe.read_state()
-    finally:
-        await probe.close()
 
 
 async def verify(

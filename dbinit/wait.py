@@ -14,8 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 from dbinit.errors import DatabaseUnreachable, NotReady
+from dbinit.facts import read_scripts, read_state
 from dbinit.lock import current_holder
-from dbinit.verify import read_scripts, read_state, verify
+from dbinit.verify import verify
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger

@@ -49,7 +49,7 @@ from dbinit import hookimpl
 from dbinit.checks import Check, CheckMessage, Error, Facts, Info, Warning, check, quoted
 
 if TYPE_CHECKING:
-    from dbinit.scripts import RevisionGraph
+    from dbinit.revisions.graph import RevisionGraph
 
 MIGRATE_HINT = (
     "The migration job has not run or has failed for this release: check its logs "

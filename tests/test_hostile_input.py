@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from dbinit.logs import Redactor, redact_urls
-from dbinit.manifest import MANIFEST_NAME
+from dbinit.revisions.manifest import MANIFEST_NAME
 from tests.plugins.databases import SECRET, Result, TestDatabase, add_revision, clean_env, run_dbinit
 
 pytest.register_assert_rewrite("tests.plugins.faults")

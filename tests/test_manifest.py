@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from dbinit.manifest import MANIFEST_NAME
-from dbinit.scripts import read_migration_scripts
+from dbinit.revisions.manifest import MANIFEST_NAME
+from dbinit.revisions.scripts import read_migration_scripts
 from tests.plugins.databases import TestDatabase, add_revision, run_dbinit
 
 

@@ -24,6 +24,7 @@ def test_wheel_holds_dbinit_plugins_and_commands_and_no_top_level_ones(tmp_path:
     assert "dbinit/commands/verify.py" in names
     assert "dbinit/commands/migrate.py" in names
     assert "dbinit/py.typed" in names
+    assert "dbinit/revisions/scripts.py" in names and "dbinit/facts.py" in names
     top_level = {name.split("/")[0] for name in names}
     assert "plugins" not in top_level
     assert "commands" not in top_level
@@ -36,8 +37,10 @@ def test_every_module_imports_cleanly_under_warnings_as_errors() -> None:
     import dbinit.commands
     import dbinit.plugins
 
+    import dbinit.revisions
+
     modules = ["dbinit"]
-    for package in (dbinit, dbinit.plugins, dbinit.commands):
+    for package in (dbinit, dbinit.plugins, dbinit.commands, dbinit.revisions):
         prefix = package.__name__ + "."
         modules += [info.name for info in pkgutil.walk_packages(package.__path__, prefix=prefix)]
     assert "dbinit.plugins.checks" in modules and "dbinit.commands.verify" in modules

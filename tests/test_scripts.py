@@ -1,4 +1,4 @@
-"""The static revision reader (dbinit.scripts), example by example, against Alembic.
+"""The static revision reader (dbinit.revisions), example by example, against Alembic.
 
 Every project here is also handed to Alembic's own ``ScriptDirectory``: the
 static reader must see the same revisions, parents, labels, dependencies,
@@ -21,15 +21,12 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError, to_tuple
 
-from dbinit.alembic_graph import graph_from_alembic
 from dbinit.errors import ConfigurationError
-from dbinit.scripts import (
-    RevisionGraph,
-    find_layout,
-    list_revision_files,
-    read_migration_scripts,
-    read_revision_file,
-)
+from dbinit.revisions.fallback import graph_from_alembic
+from dbinit.revisions.graph import RevisionGraph
+from dbinit.revisions.layout import find_layout, list_revision_files
+from dbinit.revisions.reader import read_revision_file
+from dbinit.revisions.scripts import read_migration_scripts
 from tests.plugins.databases import ROOT, add_revision, clean_env
 
 Shape = dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
@@ -441,13 +438,13 @@ def test_bad_path_separator_is_a_configuration_error(tmp_path: Path) -> None:
 PROBE = """
 import json, sys
 from pathlib import Path
-from dbinit.scripts import read_migration_scripts
+from dbinit.revisions.scripts import read_migration_scripts
 scripts = read_migration_scripts(Path(sys.argv[1]))
 print(json.dumps({
     "source": scripts.source,
     "heads": list(scripts.heads),
     "loaded": sorted(
-        m for m in ("alembic", "sqlalchemy", "mako", "dbinit.alembic_graph") if m in sys.modules
+        m for m in ("alembic", "sqlalchemy", "mako", "dbinit.revisions.fallback") if m in sys.modules
     ),
 }))
 """

@@ -27,8 +27,10 @@ from alembic.util import to_tuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbinit.alembic_graph import graph_from_alembic
-from dbinit.scripts import RevisionGraph, find_layout, read_migration_scripts
+from dbinit.revisions.fallback import graph_from_alembic
+from dbinit.revisions.graph import RevisionGraph
+from dbinit.revisions.layout import find_layout
+from dbinit.revisions.scripts import read_migration_scripts
 
 SETTINGS = settings(
     max_examples=40,

@@ -161,7 +161,7 @@ def test_migrations_dir_works_without_alembic_ini_for_verify(
     # migrating needs Alembic's configuration: a clear usage error, not a traceback
     refused = run_dbinit("migrate", cwd=project, DATABASE_URL=database.url,
                          DBINIT_MIGRATIONS_DIR="migrations/versions")
-    assert "migrate needs alembic.ini (DBINIT_ALEMBIC_INI)" in usage_error(refused)
+    assert "migrate needs Alembic's configuration: alembic.ini (DBINIT_ALEMBIC_INI)" in usage_error(refused)
 
 
 # -- load_settings ------------------------------------------------------------------

@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 
 from dbinit.errors import ConfigurationError
-from dbinit.scripts import AlembicLayout, Revision, RevisionGraph, list_revision_files
+from dbinit.revisions.graph import Revision, RevisionGraph
+from dbinit.revisions.layout import AlembicLayout, list_revision_files
 
 # Alembic only warns about these, then keeps one of the files or fails with a KeyError.
 _DUPLICATE = re.compile(r"Revision (\S+) is present more than once")
@@ -52,9 +53,17 @@ def graph_from_alembic(layout: AlembicLayout) -> RevisionGraph:
             hint="A migration file is missing, or down_revision / depends_on names an unknown revision",
         ) from None
     except Exception as exc:  # a migration file that fails on import, or a value Alembic trips on
+        failing = _failing_file(exc, layout)
+        if failing is None:
+            raise ConfigurationError(
+                f"Alembic cannot read the migrations: {type(exc).__name__}: {exc}",
+                hint="Fix the migration file named in the message",
+            ) from None
         raise ConfigurationError(
-            f"Alembic cannot read the migrations: {type(exc).__name__}: {exc}",
-            hint="Fix the migration file named in the message",
+            f"Alembic cannot import {failing}: {type(exc).__name__}: {exc}",
+            hint=f"Alembic imports every revision file to read it (dbinit too, for a file it cannot "
+            f"read statically): install what {Path(failing).name} imports, or move imports that need "
+            "the application (its settings, an app context) into upgrade()/downgrade()",
         ) from None
     for warning in caught:
         duplicate = _DUPLICATE.search(str(warning.message))
@@ -76,6 +85,21 @@ def graph_from_alembic(layout: AlembicLayout) -> RevisionGraph:
         for sc in scripts
     ]
     return RevisionGraph.build(revisions)
+
+
+def _failing_file(exc: BaseException, layout: AlembicLayout) -> str | None:
+    """The revision file in which ``exc`` was raised (the innermost such frame), if any."""
+    folders = tuple(str(folder.resolve()) + "/" for folder in layout.version_locations)
+    found = None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        found = exc.filename
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if str(Path(name).resolve()).startswith(folders):
+            found = name
+        tb = tb.tb_next
+    return found
 
 
 def _real(path: Path) -> str:

@@ -16,7 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from dbinit.scripts import AlembicLayout, Revision, RevisionGraph, revision_file_paths
+from dbinit.revisions.graph import Revision, RevisionGraph
+from dbinit.revisions.layout import AlembicLayout, revision_file_paths
 
 MANIFEST_NAME = ".dbinit-revisions.json"
 FORMAT = 1
