@@ -355,9 +355,17 @@ def single_head(facts: Facts) -> Iterator[CheckMessage]:
         resolved = set()
         for name in expected:
             try:
-                resolved.add(graph.resolve(name))
+                resolved.add(graph.resolve_head(name))
             except KeyError:
                 resolved.add(name)
+            except ValueError as exc:
+                yield Error(
+                    f"DBINIT_HEADS: {exc}",
+                    hint="Name each head by its id, or by a branch label whose branch has one head "
+                    "(label@head)",
+                    id="dbinit.E006",
+                )
+                return
         if heads != resolved:
             yield Error(
                 f"Migration heads are {', '.join(sorted(heads))}, "
@@ -367,11 +375,20 @@ def single_head(facts: Facts) -> Iterator[CheckMessage]:
             )
             return
     elif len(heads) > 1:
+        branches = graph.labelled_branches()
+        if len(branches) == len(heads) and len(set(branches.values())) == len(heads):
+            names = ",".join(f"{branches[h]}@head" for h in graph.heads)
+            hint = (
+                f"These heads end labelled branches ({', '.join(branches[h] for h in graph.heads)}): "
+                f"if the branches are meant to stay apart, set DBINIT_HEADS={names}"
+            )
+        else:
+            hint = (
+                "Two branches were created in parallel: merge them with `alembic merge heads`, "
+                "or list the intended heads in DBINIT_HEADS (ids or label@head)."
+            )
         yield Error(
-            f"Migrations have {len(heads)} heads: {', '.join(graph.heads)}",
-            hint="Two branches were created in parallel: merge them with "
-            "`alembic merge heads`, or list the intended heads in DBINIT_HEADS.",
-            id="dbinit.E006",
+            f"Migrations have {len(heads)} heads: {', '.join(graph.heads)}", hint=hint, id="dbinit.E006"
         )
         return
     yield Info(f"Head {', '.join(graph.heads)}", id="dbinit.E006")

@@ -139,6 +139,48 @@ class RevisionGraph:
             return self.labels[name]
         raise KeyError(name)
 
+    def resolve_head(self, name: str) -> str:
+        """The head ``name`` means, as ``alembic upgrade NAME`` reads it.
+
+        A revision id or branch label names that revision; ``X@head`` the one
+        head that descends from ``X`` through ``down_revision`` (Alembic's
+        branch membership, which leaves ``depends_on`` out). Raises
+        :class:`KeyError` for an unknown name and :class:`ValueError` when
+        ``X@head`` is ambiguous (several heads descend from ``X``).
+        """
+        base, at, tail = name.partition("@")
+        if not at:
+            return self.resolve(name)
+        if tail != "head":
+            raise KeyError(name)
+        start = self.resolve(base)
+        found = [head for head in self.heads if start in self._lineage(head)]
+        if len(found) != 1:
+            raise ValueError(
+                f"{name} names {len(found)} heads ({', '.join(found) or 'none'}), not one"
+            )
+        return found[0]
+
+    def labelled_branches(self) -> dict[str, str]:
+        """Head -> the branch label it descends from, for heads on a labelled branch."""
+        owned: dict[str, str] = {}
+        for label, revision in self.labels.items():
+            for head in self.heads:
+                if head not in owned and revision in self._lineage(head):
+                    owned[head] = label
+        return owned
+
+    def _lineage(self, revision: str) -> set[str]:
+        """``revision`` and its ancestors through ``down_revision`` only (not ``depends_on``)."""
+        seen: set[str] = set()
+        stack = [revision]
+        while stack:
+            current = stack.pop()
+            if current not in seen and current in self.revisions:
+                seen.add(current)
+                stack.extend(self.revisions[current].down_revisions)
+        return seen
+
     def parents(self, revision: str) -> tuple[str, ...]:
         """Everything ``revision`` must come after: down revisions and dependencies."""
         rev = self.revisions[revision]
