@@ -238,8 +238,11 @@ def environment_context(
     )
     configure = environment.configure
     ours = {"version_table": (settings.version_table, "DBINIT_VERSION_TABLE")}
-    if settings.db_schema:
-        ours["version_table_schema"] = (settings.db_schema, "DBINIT_SCHEMA")
+    if settings.version_schema:
+        ours["version_table_schema"] = (
+            settings.version_schema,
+            "DBINIT_VERSION_TABLE_SCHEMA" if settings.version_table_schema else "DBINIT_SCHEMA",
+        )
 
     def configure_for_dbinit(*args: Any, **kwargs: Any) -> None:
         for key, (value, setting) in ours.items():
@@ -254,9 +257,9 @@ def environment_context(
         if "version_table_schema" not in ours and kwargs.get("version_table_schema"):
             raise ConfigurationError(
                 f"env.py configures Alembic with version_table_schema="
-                f"{str(kwargs['version_table_schema'])[:63]!r}, but DBINIT_SCHEMA is not set: "
-                "dbinit would verify the version table on the search_path",
-                hint=f"Set DBINIT_SCHEMA={str(kwargs['version_table_schema'])[:63]}",
+                f"{str(kwargs['version_table_schema'])[:63]!r}, but neither DBINIT_VERSION_TABLE_SCHEMA "
+                "nor DBINIT_SCHEMA is set: dbinit would verify the version table on the search_path",
+                hint=f"Set DBINIT_VERSION_TABLE_SCHEMA={str(kwargs['version_table_schema'])[:63]}",
             )
         if adjust is not None:
             adjust(kwargs)

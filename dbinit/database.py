@@ -95,6 +95,8 @@ class ProbeOptions:
     connect_timeout: float
     query_timeout: float
     application_name: str
+    #: Where the version table is, when not in ``schema`` (DBINIT_VERSION_TABLE_SCHEMA).
+    version_schema: str | None = None
     #: A connection kept open for repeated checks (readiness): the statement is
     #: prepared once and then costs one Bind/Execute round trip, with no
     #: planning. A one-shot check sends it over the simple protocol instead.
@@ -150,7 +152,12 @@ def relation_problem(kind: str, columns: list[str], error: str = "") -> str:
 
 
 def postgres_state_query(
-    schema: str | None, version_table: str, *, with_versions: bool = True, count_tables: bool = True
+    schema: str | None,
+    version_table: str,
+    *,
+    with_versions: bool = True,
+    count_tables: bool = True,
+    version_schema: str | None = None,
 ) -> str:
     """The single statement: server version, schema, table count, version rows.
 
@@ -172,19 +179,21 @@ def postgres_state_query(
     split. Settings reach the text only through :func:`sql_literal` and
     :func:`sql_identifier`.
 
-    Without a configured schema the version table is resolved through the
+    The tables are counted in ``schema`` and the version table is read in
+    ``version_schema`` (default: ``schema``); without either, through the
     ``search_path``, as Alembic does.
     """
     schema_sql = sql_literal(schema) if schema else "current_schema()"
-    table = f"{sql_identifier(schema)}.{sql_identifier(version_table)}" if schema else sql_identifier(
+    where = version_schema or schema
+    table = f"{sql_identifier(where)}.{sql_identifier(version_table)}" if where else sql_identifier(
         version_table
     )
     if with_versions:
         versions = f"true, (SELECT pg_catalog.json_agg(version_num) FROM {table})"
     else:
         name = (
-            f"pg_catalog.format('%I.%I', {sql_literal(schema)}, {sql_literal(version_table)})"
-            if schema
+            f"pg_catalog.format('%I.%I', {sql_literal(where)}, {sql_literal(version_table)})"
+            if where
             else f"pg_catalog.quote_ident({sql_literal(version_table)})"
         )
         versions = f"""false, (SELECT pg_catalog.json_build_object('kind', c.relkind, 'columns',
@@ -282,7 +291,11 @@ class PostgresProbe:
         # (count_tables, with_versions) -> statement
         self._queries = {
             (count, versions): postgres_state_query(
-                options.schema, options.version_table, with_versions=versions, count_tables=count
+                options.schema,
+                options.version_table,
+                with_versions=versions,
+                count_tables=count,
+                version_schema=options.version_schema,
             )
             for count in (True, False)
             for versions in (True, False)

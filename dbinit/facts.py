@@ -25,6 +25,7 @@ def probe_options(
     cap = max(budget, 0.05) if budget is not None else None
     return ProbeOptions(
         schema=settings.db_schema,
+        version_schema=settings.version_table_schema,
         version_table=settings.version_table,
         connect_timeout=min(settings.connect_timeout, cap) if cap else settings.connect_timeout,
         query_timeout=min(settings.verify_timeout, cap) if cap else settings.verify_timeout,

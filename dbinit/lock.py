@@ -89,7 +89,7 @@ def lock_key(schema: str, version_table: str) -> int:
 
 async def _database_lock_key(connection: Any, settings: Settings) -> int:
     """The lock key of this database's version table (schema resolved on the server)."""
-    schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
+    schema = settings.version_schema or await connection.fetchval("SELECT current_schema()")
     return lock_key(schema, settings.version_table)
 
 

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("DBINIT_SCHEMA", "schema", "db_schema")
     )
     version_table: Name = "alembic_version"
+    #: The version table's schema when it is not the tables' (airflow's SQL_ALCHEMY_SCHEMA).
+    version_table_schema: Name | None = None
     heads: CommaList = ()
     allow_ahead: bool = False
     silenced_checks: CommaList = ()
@@ -128,7 +130,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("strategy", "db_schema", "version_table", mode="before")
+    @field_validator("strategy", "db_schema", "version_table", "version_table_schema", mode="before")
     @classmethod
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
@@ -162,6 +164,11 @@ class Settings(BaseSettings):
     @property
     def service(self) -> str:
         return self.service_name or Path.cwd().name
+
+    @property
+    def version_schema(self) -> str | None:
+        """The schema of the version table: DBINIT_VERSION_TABLE_SCHEMA, else DBINIT_SCHEMA."""
+        return self.version_table_schema or self.db_schema
 
     @property
     def is_production(self) -> bool:

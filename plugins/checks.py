@@ -97,15 +97,20 @@ def database_not_empty(facts: Facts) -> Iterator[CheckMessage]:
     """The database has tables."""
     state = _state(facts)
     if state.is_empty and state.version_table_problem:
+        where = facts.settings.version_table_schema or state.schema
         yield Error(
             f"Database is empty (no tables in schema {state.schema!r}), and "
-            f"{facts.settings.version_table!r} there {state.version_table_problem}",
+            f"{facts.settings.version_table!r} "
+            f"{'there' if where == state.schema else f'in schema {where!r}'} {state.version_table_problem}",
             hint=VERSION_OBJECT_HINT,
             id="dbinit.E002",
         )
     elif state.is_empty:
+        elsewhere = facts.settings.version_table_schema
         yield Error(
-            f"Database is empty (no tables in schema {state.schema!r})",
+            f"Database is empty (no tables in schema {state.schema!r})"
+            + (f"; the version table is read from schema {elsewhere!r}"
+               if elsewhere and elsewhere != state.schema else ""),
             hint=MIGRATE_HINT,
             id="dbinit.E002",
         )
@@ -119,19 +124,21 @@ def alembic_table_present(facts: Facts) -> Iterator[CheckMessage]:
     """The Alembic version table exists."""
     state = _state(facts)
     table = facts.settings.version_table
+    where = facts.settings.version_table_schema or state.schema
     if state.version_table_problem:
         yield Error(
-            f"{table!r} in schema {state.schema!r} {state.version_table_problem}",
+            f"{table!r} in schema {where!r} {state.version_table_problem}",
             hint=VERSION_OBJECT_HINT,
             id="dbinit.E003",
         )
     elif not state.version_table_exists:
         yield Error(
-            f"Table {table!r} is missing from schema {state.schema!r}, "
-            f"which has {'some' if state.table_count is None else state.table_count} other tables",
-            hint="The tables were not created by Alembic (create_all?) or DBINIT_SCHEMA / "
-            "DBINIT_VERSION_TABLE are wrong. Run the migration job; if the schema already "
-            "matches the migrations, record it with `alembic stamp head`.",
+            f"Table {table!r} is missing from schema {where!r}, "
+            + (f"while schema {state.schema!r} " if where != state.schema else "which ")
+            + f"has {'some' if state.table_count is None else state.table_count} other tables",
+            hint="The tables were not created by Alembic (create_all?) or DBINIT_SCHEMA, "
+            "DBINIT_VERSION_TABLE or DBINIT_VERSION_TABLE_SCHEMA is wrong. Run the migration job; "
+            "if the schema already matches the migrations, record it with `alembic stamp head`.",
             id="dbinit.E003",
         )
     else:

@@ -198,3 +198,29 @@ def test_env_py_failing_before_any_revision(
     assert expected in result.stderr
     assert "Nothing was migrated" in result.stderr
     assert pg_database.tables() == set()
+
+
+# -- the version table in a schema of its own (airflow's SQL_ALCHEMY_SCHEMA shape) ------------
+
+
+def test_version_table_in_its_own_schema(project: Path, pg_database: TestDatabase) -> None:
+    pg_database.sql("CREATE SCHEMA meta")
+    settings = {"DATABASE_URL": pg_database.url, "DBINIT_VERSION_TABLE_SCHEMA": "meta"}
+    before = run_dbinit("verify", "--format", "json", cwd=project, **settings)
+    assert before.returncode == 4
+    assert "Database is empty (no tables in schema 'public'); the version table is read from schema " \
+        "'meta'" in before.stdout
+    result = run_dbinit("migrate", cwd=project, **settings)
+    assert result.returncode == 0, result.output
+    assert pg_database.sql("SELECT version_num FROM meta.alembic_version") == [(HEAD,)]
+    assert "alembic_version" not in pg_database.tables()  # the tables' schema has the tables only
+    assert "products" in pg_database.tables()
+    verified = run_dbinit("verify", cwd=project, **settings)
+    assert verified.returncode == 0, verified.output
+    # the same database read with the version table expected beside the tables: E003 names both
+    wrong = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=pg_database.url)
+    assert wrong.returncode == 4
+    assert "Table 'alembic_version' is missing from schema 'public'" in wrong.stdout
+    elsewhere = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=pg_database.url,
+                           DBINIT_VERSION_TABLE_SCHEMA="other")
+    assert "is missing from schema 'other', while schema 'public' has 4 other tables" in elsewhere.stdout
