@@ -274,7 +274,7 @@ def test_a_malformed_database_url_fails_the_job_at_once_through_pod_failure_poli
     (pod,) = job.pods
     (run,) = pod.runs  # the init container; `migrate` never ran
     assert (run.container, run.exit_code) == ("wait-for-database", ExitCode.USAGE_ERROR)
-    assert "invalid port" in run.log and "notaport" not in run.log
+    assert "DATABASE_URL has a port but no name in the host" in run.log and "notaport" not in run.log
     # No retry burned: no second pod, even after twice the controller's first back-off.
     time.sleep(2 * 10 * sim.scale)
     assert len(job.pods) == 1 and job.failed == 1
