@@ -483,12 +483,11 @@ def invalid_indexes(settings: Settings) -> list[str]:
 
     import asyncpg
 
+    from dbinit.database import connect_session
+
     async def read() -> list[str]:
-        connection = await asyncpg.connect(
-            **settings.url.asyncpg_connect_kwargs(
-                timeout=settings.connect_timeout,
-                server_settings={"application_name": f"dbinit-inspect:{settings.service}"[:63]},
-            )
+        connection = await connect_session(
+            settings.url, f"dbinit-inspect:{settings.service}", settings.connect_timeout
         )
         try:
             rows = await connection.fetch(
@@ -505,7 +504,7 @@ def invalid_indexes(settings: Settings) -> list[str]:
 
     try:
         return asyncio.run(read())
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (DbinitError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # a failure path already: say that this could not be checked, do not hide the first error
         return [f"(not checked: {type(exc).__name__})"]
 

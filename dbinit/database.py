@@ -544,6 +544,26 @@ async def open_probe(url: DatabaseURL, options: ProbeOptions) -> Probe:
     return await PostgresProbe.connect(url, options)
 
 
+async def connect_session(
+    url: DatabaseURL, application_name: str, timeout: float, **server_settings: str
+) -> asyncpg.Connection:
+    """A short dbinit session of its own (the lock's, a stop, an inspection, recreate,
+    a holder look-up): the URL translated once, the session named.
+
+    Raises :func:`connect_failure`'s error (exit 2 or 3).
+    """
+    import asyncpg
+
+    arguments = url.asyncpg_connect_kwargs(
+        timeout=timeout,
+        server_settings={"application_name": application_name[:63], **server_settings},
+    )
+    try:
+        return await asyncpg.connect(**arguments)
+    except connect_errors() as exc:
+        raise connect_failure(exc, url) from None
+
+
 def connect_errors() -> tuple[type[BaseException], ...]:
     """What a failed ``asyncpg.connect()`` raises (and :func:`connect_failure` explains)."""
     import asyncpg

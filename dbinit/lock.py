@@ -35,8 +35,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbinit.database import connect_errors, connect_failure
-from dbinit.errors import LockTimeout
+from dbinit.database import connect_session
+from dbinit.errors import DbinitError, LockTimeout
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -207,15 +207,10 @@ async def end_sessions(settings: Settings, application_name: str) -> int:
     migration's session must end now, whatever it is doing (running a
     statement, or idle in its transaction while the revision's Python code
     runs), so that its transaction rolls back on the server and nothing more
-    of it can commit. Raises what ``asyncpg.connect`` raises.
+    of it can commit. Raises :func:`dbinit.database.connect_session`'s error, or asyncpg's.
     """
-    import asyncpg
-
-    connection = await asyncpg.connect(
-        **settings.url.asyncpg_connect_kwargs(
-            timeout=settings.connect_timeout,
-            server_settings={"application_name": f"dbinit-stop:{settings.service}"[:63]},
-        )
+    connection = await connect_session(
+        settings.url, f"dbinit-stop:{settings.service}", settings.connect_timeout
     )
     try:
         rows = await connection.fetch(
@@ -267,21 +262,14 @@ async def _postgres_lock(
 
 
 async def _connect(settings: Settings, me: str) -> Any:
-    import asyncpg
-
-    arguments = settings.url.asyncpg_connect_kwargs(
-        timeout=settings.connect_timeout,
-        server_settings={
-            "application_name": me,
-            "tcp_keepalives_idle": "30",
-            "tcp_keepalives_interval": "10",
-            "tcp_keepalives_count": "3",
-        },
+    return await connect_session(
+        settings.url,
+        me,
+        settings.connect_timeout,
+        tcp_keepalives_idle="30",
+        tcp_keepalives_interval="10",
+        tcp_keepalives_count="3",
     )
-    try:
-        return await asyncpg.connect(**arguments)
-    except connect_errors() as exc:
-        raise connect_failure(exc, settings.url) from None
 
 
 async def _keep_session(connection: Any) -> None:
@@ -461,16 +449,12 @@ async def current_holder(settings: Settings) -> str | None:
     """Who holds the migration lock now (None if nobody); for ``wait``'s messages."""
     if settings.url.is_sqlite:
         return _sqlite_holder(settings)
-    import asyncpg
-
-    arguments = settings.url.asyncpg_connect_kwargs(
-        timeout=settings.connect_timeout,
-        server_settings={"application_name": f"dbinit-wait:{settings.service}"[:63]},
-    )
     try:
-        connection = await asyncpg.connect(**arguments)
-    except connect_errors():
-        return None
+        connection = await connect_session(
+            settings.url, f"dbinit-wait:{settings.service}", settings.connect_timeout
+        )
+    except DbinitError:
+        return None  # only for a message: wait says what it can
     try:
         return await _holder_of(connection, await _database_lock_key(connection, settings))
     finally:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from dbinit.checks import quoted
 from dbinit.database import describe_connect_error
-from dbinit.errors import ConfigurationError, MigrationFailed, Refused
+from dbinit.errors import ConfigurationError, DbinitError, MigrationFailed, Refused
 from dbinit.facts import read_scripts, read_state
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
@@ -292,6 +292,8 @@ async def _end_migration_sessions(
     while not worker.done():
         try:
             ended = await end_sessions(settings, control.session_tag)
+        except DbinitError as exc:  # could not connect (yet): retried below
+            log.warning("Cannot end the migration's sessions yet", reason=exc.message)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("Cannot end the migration's sessions yet", reason=describe_connect_error(exc))
         else:

@@ -42,13 +42,10 @@ def drop_everything(settings: Settings) -> int:
 
 
 async def _drop_postgres(settings: Settings) -> int:
-    import asyncpg
+    from dbinit.database import connect_session
 
-    connection = await asyncpg.connect(
-        **settings.url.asyncpg_connect_kwargs(
-            timeout=settings.connect_timeout,
-            server_settings={"application_name": f"dbinit-recreate:{settings.service}"[:63]},
-        )
+    connection = await connect_session(
+        settings.url, f"dbinit-recreate:{settings.service}", settings.connect_timeout
     )
     try:
         schema = settings.db_schema or await connection.fetchval("SELECT current_schema()")
