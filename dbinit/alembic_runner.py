@@ -71,13 +71,20 @@ def alembic_config(
     ini = str(scripts.alembic_ini) if scripts.alembic_ini is not None else None
     config = Config(ini, stdout=stdout or sys.stdout, **files)
     config.output_buffer = stdout or sys.stdout
-    url = settings.url.for_sqlalchemy(async_driver=env_is_async(scripts))
+    url = settings.url.for_sqlalchemy(async_driver=env_is_async(scripts), sync_driver=sync_driver())
     # configparser interpolation: a percent-encoded password must be escaped.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     if scripts.script_location is not None:
         config.set_main_option("script_location", str(scripts.script_location))
     config.attributes["dbinit.settings"] = settings
     return config
+
+
+def sync_driver() -> str:
+    """The PostgreSQL driver for a sync env.py: psycopg (3), or psycopg2 under SQLAlchemy 1.4."""
+    import sqlalchemy
+
+    return "psycopg" if int(sqlalchemy.__version__.split(".")[0]) >= 2 else "psycopg2"
 
 
 def preflight(settings: Settings, scripts: MigrationScripts) -> None:
@@ -110,7 +117,9 @@ def preflight(settings: Settings, scripts: MigrationScripts) -> None:
         ) from None
     url = config.get_main_option("sqlalchemy.url") or ""
     try:
-        make_url(url).get_dialect().import_dbapi()
+        dialect = make_url(url).get_dialect()
+        # SQLAlchemy 2: import_dbapi(); 1.4: dbapi()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigurationError(
             f"the database driver for the migrations is not usable: {type(exc).__name__}: {exc}",
@@ -357,8 +366,8 @@ def connect_arguments(
     from sqlalchemy.engine import make_url
 
     url = settings.url
-    driver = url.sqlalchemy_driver(async_driver=async_driver)
-    ours = make_url(url.for_sqlalchemy(async_driver=async_driver))
+    driver = url.sqlalchemy_driver(async_driver=async_driver, sync_driver=sync_driver())
+    ours = make_url(url.for_sqlalchemy(async_driver=async_driver, sync_driver=sync_driver()))
     extras = url.sqlalchemy_connect_params(
         driver, timeout=settings.connect_timeout, application_name=application_name
     )

@@ -397,7 +397,7 @@ class DatabaseURL:
             kwargs["ssl"] = context
         return kwargs
 
-    def for_sqlalchemy(self, *, async_driver: bool) -> str:
+    def for_sqlalchemy(self, *, async_driver: bool, sync_driver: str = "psycopg") -> str:
         """The clean URL for SQLAlchemy/Alembic, with a driver matching ``env.py``.
 
         Driver, user, password, host(s), port(s) and database only: the libpq
@@ -408,14 +408,15 @@ class DatabaseURL:
         ``?host=h1,h2&port=p1,p2`` form (it needs no brackets around IPv6).
 
         An async ``env.py`` (``async_engine_from_config``) gets asyncpg or
-        aiosqlite; a sync one gets psycopg (PostgreSQL) or pysqlite. A driver
+        aiosqlite; a sync one gets ``sync_driver`` (psycopg; psycopg2 under
+        SQLAlchemy 1.4, which has no psycopg 3 dialect) or pysqlite. A driver
         named explicitly in ``DATABASE_URL`` other than these is kept.
         """
         if self.is_sqlite:
             driver = "aiosqlite" if async_driver else "pysqlite"
             location = "" if self.database == ":memory:" else "/" + self.database
             return f"sqlite+{driver}://{location}" + _encode_query(self.query)
-        driver = self.sqlalchemy_driver(async_driver=async_driver)
+        driver = self.sqlalchemy_driver(async_driver=async_driver, sync_driver=sync_driver)
         auth = self._auth(quote(self.password, safe="") if self.password is not None else None)
         database = quote(self.database, safe="")
         hosts = self.hosts
@@ -429,13 +430,13 @@ class DatabaseURL:
             query.append(("port", ",".join(str(port or DEFAULT_PORT) for _, port in hosts)))
         return f"postgresql+{driver}://{auth}/{database}" + _encode_query(query)
 
-    def sqlalchemy_driver(self, *, async_driver: bool) -> str:
+    def sqlalchemy_driver(self, *, async_driver: bool, sync_driver: str = "psycopg") -> str:
         """The driver :meth:`for_sqlalchemy` names (PostgreSQL)."""
         if async_driver:
             return "asyncpg"
         if self.driver not in (None, "asyncpg"):
             return self.driver
-        return "psycopg"
+        return sync_driver
 
     def sqlalchemy_connect_params(
         self, driver: str, *, timeout: float, application_name: str | None = None
