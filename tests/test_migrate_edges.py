@@ -224,3 +224,20 @@ def test_version_table_in_its_own_schema(project: Path, pg_database: TestDatabas
     elsewhere = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=pg_database.url,
                            DBINIT_VERSION_TABLE_SCHEMA="other")
     assert "is missing from schema 'other', while schema 'public' has 4 other tables" in elsewhere.stdout
+
+
+def test_a_missing_driver_is_a_configuration_error(tmp_path: Path, pg_database: TestDatabase) -> None:
+    """A sync env.py and a URL naming psycopg2, which is not installed: final (exit 2), nothing migrated."""
+    import subprocess
+    import sys
+
+    made = subprocess.run([sys.executable, "-m", "alembic", "init", "migrations"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    add_revision(tmp_path, R1, None, body='op.execute("CREATE TABLE t1 (id int)")')
+    url = pg_database.url.replace("postgresql+asyncpg://", "postgresql+psycopg2://")
+    result = run_dbinit("migrate", cwd=tmp_path, DATABASE_URL=url)
+    assert result.returncode == 2, result.output
+    assert "env.py failed before the first migration ran: ModuleNotFoundError" in result.stderr
+    assert "psycopg2" in result.stderr
+    assert pg_database.tables() == set()
