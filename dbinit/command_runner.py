@@ -23,6 +23,8 @@ migration lock, and keeps its contract:
   verification fails a command that migrated another one.
 - Its stdout and stderr are logged line by line as they come (event
   ``Migration command output``), redacted: the URL's password never appears.
+- Nothing pending (the version table at the image's head, e.g. another job
+  migrated while this one waited for the lock): the command is not run.
 - Exit 0: success; the applied revisions are the version rows' difference,
   in graph order. A non-zero exit (or death by a signal dbinit did not
   send) is exit 5, naming the command, the revision that was next, and the
@@ -291,14 +293,17 @@ class Ending:
     killed: str = ""  # why dbinit SIGKILLed it, if it did
 
     def describe(self) -> str:
-        if self.returncode < 0:
-            how = f"was killed by {_signal_name(-self.returncode)}"
-        else:
-            how = f"exited with code {self.returncode}"
         if self.killed:
-            return f"{how} ({self.killed})"
+            return self.killed
+        if self.signalled is not None and self.returncode == -self.signalled:
+            return f"ended on the {_signal_name(self.signalled)} forwarded to it"
+        how = (
+            f"was killed by {_signal_name(-self.returncode)}"
+            if self.returncode < 0
+            else f"exited with code {self.returncode}"
+        )
         if self.signalled is not None:
-            return f"{how} after {_signal_name(self.signalled)}"
+            return f"{how} after the {_signal_name(self.signalled)} forwarded to it"
         return how
 
 
@@ -339,7 +344,7 @@ def supervise(
     while not _exited(process.pid):
         if control.lost is not None and not ending.killed:
             _signal_group(pgid, signal.SIGKILL, log)
-            ending.killed = "killed at once: the migration lock was lost"
+            ending.killed = "was killed at once: the migration lock was lost"
             log.warning("Migration lock lost: migration command killed", reason=control.lost)
         elif control.stopping and ending.signalled is None and not ending.killed:
             ending.signalled = control.signum or signal.SIGTERM
@@ -349,7 +354,10 @@ def supervise(
                         signal=_signal_name(ending.signalled), grace_s=grace)
         elif signalled_at is not None and not ending.killed and time.monotonic() - signalled_at >= grace:
             _signal_group(pgid, signal.SIGKILL, log)
-            ending.killed = f"killed: still running {grace:g}s after {_signal_name(ending.signalled or 15)}"
+            ending.killed = (
+                f"was killed: still running {grace:g}s after the {_signal_name(ending.signalled or 15)} "
+                "forwarded to it (DBINIT_MIGRATE_COMMAND_GRACE)"
+            )
             log.warning("Migration command did not stop within the grace period: killed", grace_s=grace)
         if control.stopping:
             time.sleep(POLL_SECONDS)
@@ -390,11 +398,15 @@ def run_command(context: StrategyContext, argv: Sequence[str] | None = None) -> 
     command = shown(words, redactor)
     before = context.state.versions
     pending = scripts.graph.pending(before)
+    if not pending:
+        # another job migrated while this one waited for the lock: the command runs once
+        log.info("Nothing pending: the migration command is not run", command=command)
+        return []
     control.confirm_lock("stopped before the migration command started")
-    log.info("Running the migration command", command=command, pending=len(pending),
-             session=control.session_tag if not settings.url.is_sqlite else None)
     started = time.monotonic()
     process = spawn(executable, words, env, redactor)
+    log.info("Migration command started", command=command, pid=process.pid, pending=len(pending),
+             session=control.session_tag if not settings.url.is_sqlite else None)
     output = Output(log, redactor)
     output.follow(process.stdout, "stdout")
     output.follow(process.stderr, "stderr")
@@ -460,10 +472,10 @@ def _state(scripts: MigrationScripts, after: Sequence[str] | None, unread: str) 
     if after is None:
         return f"; the version table could not be read afterwards ({unread})"
     left = scripts.graph.pending(after)
-    at = ", ".join(after) or "empty"
+    at = f"is at {', '.join(after)}" if after else "holds no revision"
     if not left:
-        return f"; the version table is at head ({at})"
-    return f"; the version table is at {at}, next pending: {left[0]}"
+        return f"; the version table {at} (head)"
+    return f"; the version table {at}, next pending: {left[0]}"
 
 
 def _failed(
