@@ -237,10 +237,10 @@ def spawn(
             start_new_session=True,
             preexec_fn=_die_with_parent(),  # prctl only: takes no lock a forked thread may hold
         )
-    except OSError as exc:  # not found, not executable, a bad interpreter line...
+    except (OSError, ValueError) as exc:  # not found, not executable, a bad #! line, a NUL...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigurationError(
-            f"{SETTING}: the command {redactor.text(argv[0])!r} cannot be started: "
-            f"{exc.strerror or exc}",
+            f"{SETTING}: the command {redactor.text(argv[0])!r} cannot be started: {reason}",
             hint="Nothing ran. Check the command and, for a script, its #! line",
         ) from None
 
@@ -314,9 +314,12 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _exited(pid: int) -> bool:
-    """Whether the child exited, without reaping it: its process group stays reserved."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the child exited; where ``waitid`` exists, without reaping it (so that its
+    process group id cannot be reused before what is left of the group is killed)."""
+    if hasattr(os, "waitid"):
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    return process.poll() is not None  # macOS: no waitid
 
 
 def _signal_group(pgid: int, signum: int, log: FilteringBoundLogger) -> None:
@@ -341,7 +344,7 @@ def supervise(
     pgid = process.pid  # start_new_session: the child leads its own group
     ending = Ending(returncode=0)
     signalled_at: float | None = None
-    while not _exited(process.pid):
+    while not _exited(process):
         if control.lost is not None and not ending.killed:
             _signal_group(pgid, signal.SIGKILL, log)
             ending.killed = "was killed at once: the migration lock was lost"

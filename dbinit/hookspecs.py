@@ -10,8 +10,10 @@ dbinit always calls hooks with keyword arguments; an implementation may
 accept any subset of the documented arguments.
 
 A plugin that raises is reported with its name: while loading or registering,
-exit code 2; while running a hook, exit code 1 (a bug in the plugin). Nothing
-a plugin does is ever silently skipped.
+exit code 2; while running a hook, exit code 1 (a bug in the plugin), unless the
+hook says otherwise (``dbinit_migration_context``: the application's context
+failing to start is a configuration error, exit 2). Nothing a plugin does is
+ever silently skipped.
 """
 
 from __future__ import annotations

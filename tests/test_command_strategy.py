@@ -623,3 +623,45 @@ def test_command_strategy_is_listed() -> None:
     [builtin] = [p for p in json.loads(result.stdout) if p["name"] == "dbinit.plugins.strategies"]
     assert builtin["strategies"] == ["upgrade", "recreate", "command"]
 
+
+
+# -- the child's environment, in process -------------------------------------------------------
+
+
+def test_child_environment_carries_the_url_tag_and_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATABASE_URL is the URL dbinit locks (even when it came from a flag); PGAPPNAME is the run's
+    tag; PGOPTIONS keeps the environment's own options first (PostgreSQL applies the last
+    repeated setting, so dbinit's win) and names client_connection_check_interval only on 14+."""
+    from dbinit.command_runner import child_environment
+    from dbinit.interrupts import RunControl
+    from dbinit.settings import load_settings
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone@elsewhere/other")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=app")
+    url = f"postgresql+psycopg://app:{SECRET}@db:5432/orders"
+    settings = load_settings(database_url=url, statement_timeout=2.5, ddl_lock_timeout=1)
+    control = RunControl()
+    env = child_environment(settings, control, "16.4 (Debian 16.4-1)")
+    assert env["DATABASE_URL"] == url
+    assert env["PGAPPNAME"] == control.session_tag
+    assert env["PGOPTIONS"] == (
+        "-c search_path=app -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
+        "-c tcp_keepalives_count=3 -c client_connection_check_interval=5s "
+        "-c statement_timeout=2500ms -c lock_timeout=1000ms"
+    )
+    old = child_environment(load_settings(database_url=url), control, "13.15")
+    assert "client_connection_check_interval" not in old["PGOPTIONS"]
+    assert "statement_timeout" not in old["PGOPTIONS"]
+    lite = child_environment(load_settings(database_url="sqlite:///db.sqlite3"), control, "3.45")
+    assert "PGAPPNAME" not in lite and lite["PGOPTIONS"] == "-c search_path=app"
+
+
+def test_applied_revisions_follow_the_graph(project: Path) -> None:
+    from dbinit.command_runner import applied_between
+    from dbinit.revisions.scripts import read_migration_scripts
+
+    scripts = read_migration_scripts(project / "alembic.ini", None)
+    assert applied_between(scripts, (), (HEAD,)) == BAKERY
+    assert applied_between(scripts, (BAKERY[0],), (HEAD,)) == BAKERY[1:]
+    assert applied_between(scripts, (HEAD,), (HEAD,)) == []
+    assert applied_between(scripts, (), ()) == []
