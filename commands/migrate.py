@@ -61,6 +61,7 @@ class Command(BaseCommand):
                 read_scripts(self.settings),
                 self._stdout_stream,
                 options["from_revision"],
+                self.registry.migration_contexts(self.settings),
             )
             return 0
         if options["plan"]:

@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from dbinit.errors import (
+    FOREIGN_FAILURES,
     ConfigurationError,
     DatabaseUnreachable,
     DbinitError,
     Interrupted,
     LockLost,
     MigrationFailed,
+    PluginError,
+    is_connection_failure,
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
     from alembic.script import ScriptDirectory
@@ -128,13 +133,63 @@ def preflight(settings: Settings, scripts: MigrationScripts) -> None:
         ) from None
 
 
+#: A plugin's migration context: (the plugin's name, its context manager).
+PluginContext = tuple[str, "AbstractContextManager[object]"]
+
+
+@contextlib.contextmanager
+def entered(contexts: Sequence[PluginContext]) -> Iterator[None]:
+    """Enter the plugins' migration contexts (``dbinit_migration_context``), the first outermost.
+
+    Each is exited in reverse order, whatever the body raised; what its
+    ``__exit__`` returns is ignored (a context cannot swallow a failure). A
+    context that raises on entry or exit is blamed on its plugin.
+    """
+    if not contexts:
+        yield
+        return
+    from dbinit.pluginmanager import context_failure
+
+    (plugin, manager), rest = contexts[0], contexts[1:]
+    try:
+        manager.__enter__()
+    except FOREIGN_FAILURES as exc:
+        raise context_failure(plugin, "entering its dbinit_migration_context", exc) from exc
+    try:
+        with entered(rest):
+            yield
+    except BaseException as exc:
+        try:
+            manager.__exit__(type(exc), exc, exc.__traceback__)
+        except FOREIGN_FAILURES as exit_exc:
+            if exit_exc is exc:
+                raise
+            raise PluginError(
+                plugin, f"leaving its dbinit_migration_context raised {type(exit_exc).__name__}: "
+                f"{exit_exc} (after: {type(exc).__name__}: {exc})", internal=True,
+            ) from exit_exc
+        raise
+    try:
+        manager.__exit__(None, None, None)
+    except FOREIGN_FAILURES as exc:
+        raise PluginError(
+            plugin, f"leaving its dbinit_migration_context raised {type(exc).__name__}: {exc}",
+            internal=True,
+        ) from exc
+
+
 def upgrade(
     settings: Settings,
     scripts: MigrationScripts,
     log: FilteringBoundLogger,
     control: RunControl | None = None,
+    *,
+    contexts: Sequence[PluginContext] = (),
 ) -> list[str]:
     """``alembic upgrade heads``; returns the applied revisions in order.
+
+    ``contexts`` (from :meth:`Registry.migration_contexts`) are entered around
+    ``env.py``'s run, in this thread (:func:`entered`).
 
     With a :class:`RunControl`, a stop request aborts at the next migration
     boundary (rolling back the migration just run) and the migration sessions
@@ -184,7 +239,7 @@ def upgrade(
     # built before Alembic runs: a bad parameter is a configuration error, not a failed migration
     listeners = session_listeners(settings, control, async_driver=env_is_async(scripts))
     try:
-        with listening(listeners), environment:
+        with entered(contexts), listening(listeners), environment:
             script.run_env()
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
@@ -412,9 +467,13 @@ def _milliseconds(seconds: float) -> int:
 
 
 def offline_sql(
-    settings: Settings, scripts: MigrationScripts, stdout: TextIO, from_revision: str | None
+    settings: Settings,
+    scripts: MigrationScripts,
+    stdout: TextIO,
+    from_revision: str | None,
+    contexts: Sequence[PluginContext] = (),
 ) -> None:
-    """Print the SQL of ``upgrade heads`` (from ``from_revision`` or the base)."""
+    """Print the SQL of ``upgrade heads`` (from ``from_revision`` or the base), inside ``contexts``."""
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
@@ -425,7 +484,9 @@ def offline_sql(
         return script._upgrade_revs("heads", rev)
 
     try:
-        with environment_context(settings, config, script, steps, as_sql=True, starting_rev=from_revision):
+        with entered(contexts), environment_context(
+            settings, config, script, steps, as_sql=True, starting_rev=from_revision
+        ):
             script.run_env()
     except CommandError as exc:
         raise ConfigurationError(f"cannot render offline SQL: {exc}") from None
@@ -548,7 +609,7 @@ def migration_error(
             f"Alembic failed after the migrations ran ({', '.join(applied)} applied): {reason}",
             hint="Check what env.py does after run_migrations(); the applied migrations stay",
         )
-    if _is_connection_failure(exc):
+    if is_connection_failure(exc):
         return DatabaseUnreachable(
             f"env.py could not connect to the database: {reason}",
             hint="Nothing was migrated. Is the database reachable from the job? A retry reconnects",
@@ -556,7 +617,9 @@ def migration_error(
     return ConfigurationError(
         f"env.py failed before the first migration ran: {reason}",
         hint="Nothing was migrated; a retry will not help. Check env.py and what it imports "
-        "(the application's settings and the secrets they need in the job's environment)",
+        "(the application's settings and the secrets they need in the job's environment). An env.py "
+        "that needs the application around it (Flask's current_app) gets it from a plugin's "
+        "dbinit_migration_context hook; or migrate with the project's own command (--strategy command)",
     )
 
 
@@ -573,23 +636,3 @@ def describe_failure(exc: BaseException) -> str:
         short = " ".join(str(statement).split())
         reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
     return reason
-
-
-_CONNECT_FAILURES = (
-    "InvalidPasswordError", "InvalidAuthorizationSpecificationError", "InvalidCatalogNameError",
-    "CannotConnectNowError", "TooManyConnectionsError", "ConnectionDoesNotExistError",
-)
-
-
-def _is_connection_failure(exc: BaseException) -> bool:
-    """Whether the chain of ``exc`` holds a failure to reach the database (any driver)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (OSError, TimeoutError)) or type(current).__name__ in _CONNECT_FAILURES:
-            return True
-        if type(current).__module__.startswith("psycopg") and type(current).__name__ == "OperationalError":
-            return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return False

@@ -177,3 +177,23 @@ class Interrupted(DbinitError):
         super().__init__(message, hint=hint)
         self.signum = signum
         self.exit_code = 128 + signum  # type: ignore[assignment]
+
+
+_CONNECT_FAILURES = (
+    "InvalidPasswordError", "InvalidAuthorizationSpecificationError", "InvalidCatalogNameError",
+    "CannotConnectNowError", "TooManyConnectionsError", "ConnectionDoesNotExistError",
+)
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether the chain of ``exc`` holds a failure to reach the database (any driver)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (OSError, TimeoutError)) or type(current).__name__ in _CONNECT_FAILURES:
+            return True
+        if type(current).__module__.startswith("psycopg") and type(current).__name__ == "OperationalError":
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False

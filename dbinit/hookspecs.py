@@ -10,8 +10,10 @@ dbinit always calls hooks with keyword arguments; an implementation may
 accept any subset of the documented arguments.
 
 A plugin that raises is reported with its name: while loading or registering,
-exit code 2; while running a hook, exit code 1 (a bug in the plugin). Nothing
-a plugin does is ever silently skipped.
+exit code 2; while running a hook, exit code 1 (a bug in the plugin), unless the
+hook says otherwise (``dbinit_migration_context``: the application's context
+failing to start is a configuration error, exit 2). Nothing a plugin does is
+ever silently skipped.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from dbinit.checks import Check
     from dbinit.management.base import BaseCommand
     from dbinit.report import MigrateResult, VerifyReport
+    from dbinit.settings import Settings
     from dbinit.strategies import Strategy
 
 hookspec = pluggy.HookspecMarker("dbinit")
@@ -92,4 +97,39 @@ def dbinit_migrate_finished(result: MigrateResult) -> None:
     :param result: the :class:`dbinit.report.MigrateResult`, with the applied
         revisions in order and the final verification report.
     :return: nothing; return values are ignored.
+    """
+
+
+@hookspec
+def dbinit_migration_context(settings: Settings) -> AbstractContextManager[object] | None:
+    """Give Alembic's run in dbinit a context of the application's, e.g. Flask's app context.
+
+    For an ``env.py`` that needs the application around it (Flask-Migrate's
+    uses ``current_app``)::
+
+        @hookimpl
+        def dbinit_migration_context(settings):
+            from myapp import create_app
+            return create_app().app_context()
+
+    Called once each time dbinit runs Alembic's ``env.py`` itself: the
+    ``upgrade`` and ``recreate`` strategies of ``migrate`` (after the
+    migration lock is held, in the migration thread, just before ``env.py``
+    runs; the context is entered and exited in that same thread) and
+    ``migrate --sql``. Never by ``verify``, ``wait`` or the readiness probe
+    (they run no ``env.py``), nor by the ``command`` strategy (the project's
+    own command makes its own context).
+
+    :param settings: the run's :class:`dbinit.settings.Settings`.
+    :return: a context manager, or None for nothing to enter. *All* results
+        are entered, in plugin registration order (built-ins, entry points,
+        ``DBINIT_PLUGINS``), the first outermost, and exited in reverse order
+        once Alembic's run ends, whether it succeeded or failed. The value
+        ``__enter__`` returns is ignored, and so is ``__exit__``'s: a context
+        cannot swallow a migration's failure. A plugin whose hook or whose
+        ``__enter__`` raises is named, and nothing is migrated: exit 2 (as an
+        ``env.py`` that fails before the first migration), or 3 when what it
+        raised is a failure to reach the database; a plugin whose ``__exit__``
+        raises is named with exit 1. A result that is not a context manager
+        is exit 2, naming the plugin.
     """

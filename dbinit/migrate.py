@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 from dbinit.checks import quoted
 from dbinit.database import describe_connect_error
-from dbinit.errors import ConfigurationError, DbinitError, MigrationFailed, Refused
+from dbinit.errors import (
+    FOREIGN_FAILURES,
+    ConfigurationError,
+    DbinitError,
+    MigrationFailed,
+    PluginError,
+    Refused,
+)
 from dbinit.facts import read_scripts, read_state
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
@@ -28,9 +35,9 @@ if TYPE_CHECKING:
 def select_strategy(settings: Settings, registry: Registry, name: str | None = None) -> Strategy:
     """``--strategy`` > ``DB_FORCE_RECREATE`` (recreate) > ``DBINIT_STRATEGY``.
 
-    Raises :class:`ConfigurationError` for an unknown name and :class:`Refused`
-    for a destructive strategy in production without
-    ``DBINIT_ALLOW_DESTRUCTIVE=true``.
+    Raises :class:`ConfigurationError` for an unknown name or what the
+    strategy's ``check`` refuses, and :class:`Refused` for a destructive
+    strategy in production without ``DBINIT_ALLOW_DESTRUCTIVE=true``.
     """
     chosen = name or ("recreate" if settings.force_recreate else settings.strategy)
     strategies = registry.strategies
@@ -51,6 +58,17 @@ def select_strategy(settings: Settings, registry: Registry, name: str | None = N
             hint="Unset DB_FORCE_RECREATE for production. If you really mean to wipe this "
             "database, set DBINIT_ALLOW_DESTRUCTIVE=true for this one run.",
         )
+    if strategy.check is not None:
+        try:
+            strategy.check(settings)
+        except DbinitError:
+            raise
+        except FOREIGN_FAILURES as exc:
+            raise PluginError(
+                strategy.plugin or "unknown plugin",
+                f"the check of strategy {chosen!r} raised {type(exc).__name__}: {exc}",
+                internal=True,
+            ) from exc
     return strategy
 
 
@@ -102,7 +120,7 @@ async def _migrate(
     if not settings.url.is_sqlite:
         settings.url.require_writable("migrate")
     scripts = read_scripts(settings)
-    if not scripts.configured:
+    if strategy.runs_alembic and not scripts.configured:
         raise ConfigurationError(
             "migrate needs Alembic's configuration: alembic.ini (DBINIT_ALEMBIC_INI) or "
             "[tool.alembic] in pyproject.toml",
@@ -123,7 +141,9 @@ async def _migrate(
         ahead = [v for v in state.versions if v not in scripts.graph]
         if ahead and not strategy.destructive:
             return await _ahead_of_image(settings, registry, log, scripts, strategy, ahead, started)
-        context = StrategyContext(settings=settings, scripts=scripts, state=state, log=log, control=control)
+        context = StrategyContext(
+            settings=settings, scripts=scripts, state=state, log=log, control=control, registry=registry
+        )
         worker = asyncio.ensure_future(asyncio.to_thread(strategy.run, context))
         canceller = asyncio.ensure_future(_stop_when_asked(control, held, worker, settings, log))
         try:

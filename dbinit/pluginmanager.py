@@ -22,11 +22,13 @@ import pluggy
 
 from dbinit import hookspecs
 from dbinit.checks import Check
-from dbinit.errors import FOREIGN_FAILURES, PluginError
+from dbinit.errors import FOREIGN_FAILURES, ExitCode, PluginError, is_connection_failure
 from dbinit.strategies import Strategy
 
 if TYPE_CHECKING:
-    pass
+    from contextlib import AbstractContextManager
+
+    from dbinit.settings import Settings
 
 PROJECT = "dbinit"
 T = TypeVar("T")
@@ -296,3 +298,46 @@ class Registry:
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         notify(self.pm, hook_name, **kwargs)
+
+    def migration_contexts(self, settings: Settings) -> list[tuple[str, AbstractContextManager[object]]]:
+        """``dbinit_migration_context``: each plugin's context manager, with the plugin's name.
+
+        Called anew for each run of Alembic (a context such as Flask's is
+        made for one use). A plugin that raises, or returns something that
+        is not a context manager, is named (:func:`context_failure`).
+        """
+        found: list[tuple[str, AbstractContextManager[object]]] = []
+        hook = "dbinit_migration_context"
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            try:
+                result = impl.function(**({"settings": settings} if "settings" in impl.argnames else {}))
+            except FOREIGN_FAILURES as exc:
+                raise context_failure(impl.plugin_name, f"hook {hook}", exc) from exc
+            if result is None:
+                continue
+            if not (hasattr(result, "__enter__") and hasattr(result, "__exit__")):
+                raise PluginError(
+                    impl.plugin_name,
+                    f"{hook} returned {type(result).__name__}, not a context manager",
+                    hint="Return a context manager (e.g. app.app_context()) or None",
+                )
+            found.append((impl.plugin_name, result))
+        return found
+
+
+def context_failure(plugin: str, what: str, exc: BaseException) -> PluginError:
+    """A migration context (``dbinit_migration_context``) failed before Alembic ran.
+
+    Like an ``env.py`` that fails before the first migration: nothing was
+    migrated and a retry will not help (exit 2), unless what failed is
+    reaching the database (exit 3, retryable).
+    """
+    error = PluginError(
+        plugin,
+        f"{what} raised {type(exc).__name__}: {exc}",
+        hint="Nothing was migrated. The migration context is the application's: check what it "
+        "needs in the job's environment (its settings and secrets)",
+    )
+    if is_connection_failure(exc):
+        error.exit_code = ExitCode.DATABASE_UNREACHABLE
+    return error

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     alembic_ini: Path = Path("alembic.ini")
     migrations_dir: Path | None = None
     strategy: Name = "upgrade"
+    #: The ``command`` strategy's command line (split like a shell does, never run by one).
+    migrate_command: str | None = None
+    #: The ``command`` strategy: seconds between forwarding SIGTERM/SIGINT and SIGKILL.
+    migrate_command_grace: Seconds = 10.0
     db_schema: Name | None = Field(
         None, validation_alias=AliasChoices("DBINIT_SCHEMA", "schema", "db_schema")
     )

@@ -4,6 +4,10 @@ A :class:`Strategy` is contributed by a plugin through ``dbinit_strategies``.
 Its ``run`` is called in a worker thread (never inside dbinit's event loop,
 so an async ``env.py`` can call ``asyncio.run``) with a
 :class:`StrategyContext`, and returns the revisions it applied, in order.
+Its ``check``, if any, is called with the settings before the migration lock
+is taken (and by ``migrate --plan``): it raises
+:class:`~dbinit.errors.ConfigurationError` for what the strategy cannot run
+with, so a job fails at once (exit 2) instead of after waiting for the lock.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
 
     from dbinit.database import DatabaseState
     from dbinit.interrupts import RunControl
+    from dbinit.pluginmanager import Registry
     from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
@@ -30,12 +35,30 @@ class StrategyContext:
     state: DatabaseState
     log: FilteringBoundLogger
     control: RunControl | None = None
+    #: the run's plugins: :meth:`upgrade` enters their ``dbinit_migration_context``
+    registry: Registry | None = None
 
     def upgrade(self) -> list[str]:
-        """Run Alembic ``upgrade heads``, one transaction per migration."""
+        """Run Alembic ``upgrade heads``, one transaction per migration.
+
+        Inside the context managers plugins give through
+        ``dbinit_migration_context`` (e.g. a Flask application context).
+        """
         from dbinit.alembic_runner import upgrade
 
-        return upgrade(self.settings, self.scripts, self.log, self.control)
+        contexts = self.registry.migration_contexts(self.settings) if self.registry is not None else []
+        return upgrade(self.settings, self.scripts, self.log, self.control, contexts=contexts)
+
+    def run_command(self, argv: Sequence[str] | None = None) -> list[str]:
+        """Run a project's own migrator (default: ``DBINIT_MIGRATE_COMMAND``) as a child process.
+
+        Under this run's lock and stop handling; returns the revisions it
+        applied (read from the version table before and after, in graph
+        order). See :mod:`dbinit.command_runner`.
+        """
+        from dbinit.command_runner import run_command
+
+        return run_command(self, argv)
 
     def preflight(self) -> None:
         """Check everything :meth:`upgrade` needs (for a strategy that changes things first)."""
@@ -67,3 +90,8 @@ class Strategy:
     description: str = ""
     destructive: bool = False
     plugin: str = ""
+    #: called with the settings before the lock is taken; raises ConfigurationError
+    check: Callable[[Settings], None] | None = None
+    #: whether ``run`` runs Alembic in this process (and so needs Alembic's
+    #: configuration, not only the versions folder dbinit verifies against)
+    runs_alembic: bool = True

@@ -6,12 +6,23 @@
     Drop everything in the target schema, then upgrade. Destructive: selected
     by ``DB_FORCE_RECREATE=true`` (or ``--force-recreate``), refused with exit
     code 7 in production unless ``DBINIT_ALLOW_DESTRUCTIVE=true``.
+``command``
+    The project's own migrator, ``DBINIT_MIGRATE_COMMAND`` (e.g.
+    ``flask --app app db upgrade``), run as a child process under the lock,
+    timeouts, signal handling and exit codes of ``migrate``, then verified
+    (see :mod:`dbinit.command_runner`). Needs only the versions folder, not
+    Alembic's configuration.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dbinit import hookimpl
 from dbinit.strategies import Strategy, StrategyContext
+
+if TYPE_CHECKING:
+    from dbinit.settings import Settings
 
 
 def run_upgrade(context: StrategyContext) -> list[str]:
@@ -26,12 +37,30 @@ def run_recreate(context: StrategyContext) -> list[str]:
     return context.upgrade()
 
 
+def run_command(context: StrategyContext) -> list[str]:
+    return context.run_command()
+
+
+def check_command(settings: Settings) -> None:
+    from dbinit.command_runner import check_command  # not on the verify path
+
+    check_command(settings)
+
+
 UPGRADE = Strategy("upgrade", run_upgrade, "Alembic upgrade heads, one transaction per migration")
 RECREATE = Strategy(
     "recreate", run_recreate, "Drop everything in the target schema, then upgrade", destructive=True
 )
 
+COMMAND = Strategy(
+    "command",
+    run_command,
+    "The project's own migrator (DBINIT_MIGRATE_COMMAND) under dbinit's lock, then verify",
+    check=check_command,
+    runs_alembic=False,
+)
+
 
 @hookimpl(trylast=True)
 def dbinit_strategies() -> tuple[Strategy, ...]:
-    return (UPGRADE, RECREATE)
+    return (UPGRADE, RECREATE, COMMAND)
