@@ -234,6 +234,75 @@ def test_computed_revision_falls_back_to_the_graph_alembic_builds(tmp_path: Path
     assert scripts.graph.pending(()) == ["ab", "abcd", "ef"]
 
 
+# -- shapes in which the names are bound otherwise: never a silently different graph --------
+# Each file binds one of the four names so that Python (hence Alembic) sees a value a
+# line-by-line reader does not: set in a branch or a loop, bound twice, deleted, set from a
+# function, or an assignment that only looks like one (inside a string, in brackets).
+
+SILENT = {
+    "depends_on set only when an optional package imports": (
+        "revision = 'b1'\ndown_revision = 'a1'\n"
+        "try:\n    import json  # always there: Alembic takes this branch\n    depends_on = 'a2'\n"
+        "except ImportError:\n    depends_on = None\n"
+    ),
+    "branch_labels set again in an if": (
+        "revision = 'b1'\ndown_revision = 'a1'\nbranch_labels = None\n"
+        "if True:\n    branch_labels = 'feature'\n"
+    ),
+    "depends_on bound by a for loop": (
+        "revision = 'b1'\ndown_revision = 'a1'\nfor depends_on in ['a2']:\n    pass\n"
+    ),
+    "depends_on bound by a with statement": (
+        "import contextlib\nrevision = 'b1'\ndown_revision = 'a1'\n"
+        "with contextlib.nullcontext('a2') as depends_on:\n    pass\n"
+    ),
+    "depends_on bound by an assignment expression": (
+        "revision = 'b1'\ndown_revision = 'a1'\n(depends_on := 'a2')\n"
+    ),
+    "depends_on set by a function through global": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\ndef _depend():\n    global depends_on\n"
+        "    depends_on = 'a2'\n\n\n_depend()\n"
+    ),
+    "depends_on set through globals()": (
+        "revision = 'b1'\ndown_revision = 'a1'\nglobals()['depends_' + 'on'] = 'a2'\n"
+    ),
+    "depends_on set by exec": "revision = 'b1'\ndown_revision = 'a1'\nexec('depends_' 'on = \"a2\"')\n",
+    "branch_labels deleted": (
+        "revision = 'b1'\ndown_revision = 'a1'\nbranch_labels = 'feature'\ndel branch_labels\n"
+    ),
+    "depends_on from a module __getattr__": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\ndef __getattr__(name):\n"
+        "    if name == 'depends_on':\n        return 'a2'\n    raise AttributeError(name)\n"
+    ),
+    "depends_on in a chained assignment": "revision = 'b1'\ndown_revision = depends_on = 'a1'\n",
+    "'\"\"\"' in an ordinary string, then an assignment inside a docstring": (
+        "revision = 'b1'\ndown_revision = 'a1'\nQUOTE = '\"\"\"'\n"
+        "NOTE = \"\"\"\ndepends_on = 'a2'\n\"\"\"\n"
+    ),
+    "a keyword argument at column 0 inside brackets": (
+        "revision = 'b1'\ndown_revision = 'a1'\nOPTIONS = dict(\ndepends_on='a2',\n)\n"
+    ),
+    "a carriage return alone ends a comment": (
+        "revision = 'b1'\ndown_revision = 'a1'\n# a comment\rdepends_on = 'a2'\n"
+    ),
+    "a name spelled with a fullwidth letter (NFKC)": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\uff44epends_on = 'a2'\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SILENT, ids=list(SILENT))
+def test_names_bound_otherwise_give_alembic_graph(tmp_path: Path, case: str) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "a2_base.py", plain("a2", None))
+    (versions / "b1_child.py").write_bytes((HEADER + SILENT[case]).encode())
+    expected = alembic_view(ini)
+    scripts = read_migration_scripts(ini)
+    assert (our_shape(scripts.graph), scripts.heads, scripts.graph.bases) == expected
+
+
 # -- files that are not revisions ---------------------------------------------------
 
 
