@@ -25,9 +25,9 @@ from dbinit.errors import ConfigurationError
 from dbinit.revisions.fallback import graph_from_alembic
 from dbinit.revisions.graph import RevisionGraph
 from dbinit.revisions.layout import find_layout, list_revision_files
-from dbinit.revisions.reader import read_revision_file
+from dbinit.revisions.reader import read_revision
 from dbinit.revisions.scripts import read_migration_scripts
-from tests.plugins.databases import ROOT, add_revision, clean_env
+from tests.plugins.databases import ROOT, TestDatabase, add_revision, clean_env, run_dbinit
 
 Shape = dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
 
@@ -117,105 +117,219 @@ def test_alembic_file_shape_from_the_test_fixture(tmp_path: Path) -> None:
 
 HEADER = '"""msg\n\nRevision ID: x\n"""\nfrom typing import Sequence, Union\n\nfrom alembic import op\n\n'
 
+# case: (body of b1_child.py after HEADER, how the reader reads it, then what b1 is:
+# down revisions, branch labels, dependencies). "fast": the line reader; "ast": the fast
+# path declines and the module is parsed.
 SYNTAX = {
     "plain double quotes": (
         'revision = "b1"\ndown_revision = "a1"\nbranch_labels = None\ndepends_on = None\n',
-        ("a1",), (), (),
+        "fast", ("a1",), (), (),
     ),
     "annotated single quotes": (
         "revision: str = 'b1'\ndown_revision: Union[str, Sequence[str], None] = 'a1'\n"
         "branch_labels: Union[str, Sequence[str], None] = None\n"
         "depends_on: Union[str, Sequence[str], None] = None\n",
-        ("a1",), (), (),
+        "fast", ("a1",), (), (),
     ),
-    "no spaces": ("revision:str='b1'\ndown_revision='a1'\n",),
+    "no spaces": ("revision:str='b1'\ndown_revision='a1'\n", "fast"),
     "comments after values": (
         'revision = "b1"  # the id\ndown_revision = ("a1", "a2")  # a merge\n'
         "branch_labels = None # none\ndepends_on = None\t# none\n",
-        ("a1", "a2"), (), (),
+        "fast", ("a1", "a2"), (), (),
     ),
     "multi-line tuple": (
         'revision = "b1"\ndown_revision = (\n    "a1",  # first\n    # between\n    "a2",\n)\n'
         "branch_labels = (\n    'feature',\n)\ndepends_on = None\n",
-        ("a1", "a2"), ("feature",), (),
+        "fast", ("a1", "a2"), ("feature",), (),
     ),
     "list, string label, string dependency": (
         "revision = 'b1'\ndown_revision = ['a1', 'a2']\nbranch_labels = 'feature'\ndepends_on = 'a1'\n",
-        ("a1", "a2"), ("feature",), ("a1",),
+        "fast", ("a1", "a2"), ("feature",), ("a1",),
     ),
     "repeated names, empty tuple": (
         "revision = 'b1'\ndown_revision = ('a1', 'a1')\nbranch_labels = ()\ndepends_on = ['a2', 'a2']\n",
-        ("a1",), (), ("a2",),
+        "fast", ("a1",), (), ("a2",),
     ),
     "backslash continuation and implicit concatenation": (
         "revision = 'b' \\\n    '1'\ndown_revision = \\\n    'a1'\n",
-        ("a1",), (), (),
+        "fast", ("a1",), (), (),
     ),
-    "escapes and prefixes": ("revision = r'b1'\ndown_revision = u'a\\x31'\n", ("a1",), (), ()),
+    "escapes and prefixes": ("revision = r'b1'\ndown_revision = u'a\\x31'\n", "fast", ("a1",), (), ()),
     "annotation alone binds nothing": (
         "revision: str\nrevision = 'b1'\ndown_revision: str\ndown_revision = 'a1'\n",
-        ("a1",), (), (),
-    ),
-    "the last assignment wins": (
-        "revision = 'zz'\nrevision = 'b1'\ndown_revision = None\ndown_revision = 'a1'\n",
-        ("a1",), (), (),
+        "fast", ("a1",), (), (),
     ),
     "assignments in strings after the real ones": (
         "revision = 'b1'\ndown_revision = 'a1'\n\n"
         "def upgrade():\n    op.execute(\"\"\"\nrevision = 'x'\ndepends_on = 'x'\n\"\"\")\n"
         "    op.execute('''\nbranch_labels = 'x'\n''')\n"
         "NOTE = '''\nit says \"\"\" here\ndepends_on = 'x'\n'''\n",
-        ("a1",), (), (),
+        "fast", ("a1",), (), (),
     ),
+    "triple quotes inside ordinary strings": (
+        "QUOTE = '\"\"\"'\nrevision = 'b1'\nOTHER = \"'''\"\ndown_revision = 'a1'\n"
+        "NOTE = '\"\"\" depends_on = \"x\"'\nALSO = \"''' branch_labels = 'x'\"\n",
+        "fast", ("a1",), (), (),
+    ),
+    "escaped quotes, and a comment holding quotes and a name": (
+        "NOTE = 'it\\'s \"\"\"'  # and ''' here: depends_on = 'x'\nrevision = \"b1\"\n"
+        "SAY = \"\\\"\"  # \"\"\"\ndown_revision = 'a1'\nMORE = '\\\\'\n",
+        "fast", ("a1",), (), (),
+    ),
+    "the names as attributes and inside longer names": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\ndef upgrade():\n"
+        "    my_revision = op.get_context().revision\n    down_revisions = [my_revision]\n",
+        "fast", ("a1",), (), (),
+    ),
+    "an f-string without fields": ("TITLE = f'plain'\nrevision = 'b1'\ndown_revision = 'a1'\n", "fast"),
     "CRLF line endings": (
         "revision = 'b1'\r\ndown_revision = ('a1',\r\n    'a2')\r\nbranch_labels = None\r\n",
-        ("a1", "a2"), (), (),
+        "fast", ("a1", "a2"), (), (),
     ),
-    "byte order mark": ("\ufeffrevision = 'b1'\ndown_revision = 'a1'\n", ("a1",), (), ()),
+    "byte order mark": ("\ufeffrevision = 'b1'\ndown_revision = 'a1'\n", "fast", ("a1",), (), ()),
+    "two statements on a line": ("revision = 'b1'; down_revision = 'a1'\n", "ast", ("a1",), (), ()),
+    "multi-line annotation": ("revision: (\n    str\n) = 'b1'\ndown_revision = 'a1'\n", "ast"),
+    "quoted annotations": ("revision: 'str' = 'b1'\ndown_revision: \"str | None\" = 'a1'\n", "ast"),
+    "a name read in code": (
+        "revision = 'b1'\ndown_revision = 'a1'\nMESSAGE = 'revision ' + revision\n", "ast", ("a1",), (), (),
+    ),
+    "a chained assignment": (
+        "revision = 'b1'\ndown_revision = depends_on = 'a1'\n", "ast", ("a1",), (), ("a1",),
+    ),
+    "an f-string with fields before the names": (
+        "PREFIX = f'{1}'\nrevision = 'b1'\ndown_revision = 'a1'\n", "ast", ("a1",), (), (),
+    ),
+    "carriage returns alone as line ends": (
+        "revision = 'b1'\rdown_revision = 'a1'\r", "ast", ("a1",), (), (),
+    ),
+    "names bound in a function body (its own scope)": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\ndef upgrade():\n    depends_on = 'a2'\n"
+        "    for branch_labels in ['x']:\n        revision = depends_on\n",
+        "ast", ("a1",), (), (),
+    ),
+    "names bound in a class body and a comprehension (their own scopes)": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\nclass Meta:\n    depends_on = 'a2'\n\n\n"
+        "IDS = [depends_on for depends_on in ('x',)]\n",
+        "ast", ("a1",), (), (),
+    ),
+    "an annotation alone under if TYPE_CHECKING": (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    depends_on: str\n"
+        "revision = 'b1'\ndown_revision = 'a1'\n",
+        "ast", ("a1",), (), (),
+    ),
 }
 
 
 @pytest.mark.parametrize("case", SYNTAX, ids=list(SYNTAX))
 def test_syntax_alembic_accepts_is_read_statically(tmp_path: Path, case: str) -> None:
-    body, *expected = SYNTAX[case]
+    body, reader, *expected = SYNTAX[case]
     ini = make_project(tmp_path)
     versions = tmp_path / "migrations" / "versions"
     write(versions / "a1_base.py", plain("a1", None))
     write(versions / "a2_base.py", plain("a2", None))
+    child = versions / "b1_child.py"
     if body.startswith("\ufeff"):  # the assignment on the very first line, after the mark
-        (versions / "b1_child.py").write_bytes(body[1:].encode("utf-8-sig"))
+        child.write_bytes(body[1:].encode("utf-8-sig"))
     else:
-        (versions / "b1_child.py").write_bytes((HEADER + body).encode())
+        child.write_bytes((HEADER + body).encode())
     graph = assert_agrees(ini)
     if expected:
         assert our_shape(graph)["b1"] == tuple(expected)
-    assert read_revision_file(versions / "b1_child.py").revision == "b1"
+    read = read_revision(child)
+    assert (read.revision.revision, read.reader) == ("b1", reader), read.reason
+    assert bool(read.reason) == (reader == "ast")
+    assert read_migration_scripts(ini).readers[str(child)] == reader
 
 
-FALLBACK = {
-    "computed revision": "revision = 'b' + '1'\ndown_revision = 'a1'\n",
-    "augmented assignment": "revision = 'b'\nrevision += '1'\ndown_revision = 'a1'\n",
-    "tuple unpacking": "revision, down_revision = 'b1', 'a1'\n",
-    "a name from an import": (
-        "from os import sep as depends_on\nrevision = 'b1'\ndown_revision = 'a1'\ndepends_on = None\n"
+REST = b"revision = 'b1'\ndown_revision = 'a1'\n"
+
+# case: (the whole file, as bytes; how it is read; b1's branch labels). Alembic imports the
+# file, so Python decodes it: a BOM or a PEP 263 declaration on line 1 or 2 decides, and
+# (on the interpreters tested, 3.11 to 3.13) bytes in a comment are not decoded at all.
+ENCODED = {
+    "byte order mark and CRLF": (b"\xef\xbb\xbf# a comment\r\n" + REST.replace(b"\n", b"\r\n"), "fast", ()),
+    "UTF-8 declared, UTF-8 text": (
+        b"# -*- coding: utf-8 -*-\n" + "# caf\u00e9\n".encode() + REST, "fast", (),
     ),
-    "a value from a call": "revision = str('b1')\ndown_revision = 'a1'\n",
-    "an f-string": "A = 'b'\nrevision = f'{A}1'\ndown_revision = 'a1'\n",
-    "two statements on a line": "revision = 'b1'; down_revision = 'a1'\n",
-    "multi-line annotation": "revision: (\n    str\n) = 'b1'\ndown_revision = 'a1'\n",
+    "non-ASCII text that spells no name": (
+        '"""Ajoute la table \u00abproduits\u00bb\u2026 \u5b8c\u6210\uff0c"""\n'.encode() + REST, "fast", (),
+    ),
+    "latin-1 declared, a latin-1 byte in a comment": (
+        b"# -*- coding: latin-1 -*-\n# caf\xe9\n" + REST, "ast", (),
+    ),
+    "latin-1 declared on line 2, a latin-1 branch label": (
+        b"#!/usr/bin/env python\n# vim: set fileencoding=latin-1 :\n" + REST + b"branch_labels = 'caf\xe9'\n",
+        "ast",
+        ("caf\u00e9",),
+    ),
+    "a latin-1 byte in a comment, nothing declared": (b"# caf\xe9\n" + REST, "ast", ()),
+    "a vulgar fraction (NFKC: 1/2) in a docstring": ('"""\u00bd"""\n'.encode() + REST, "ast", ()),
+}
+
+
+@pytest.mark.parametrize("case", ENCODED, ids=list(ENCODED))
+def test_encodings_are_read_as_python_reads_them(tmp_path: Path, case: str) -> None:
+    data, reader, labels = ENCODED[case]
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    (versions / "b1_child.py").write_bytes(data)
+    graph = assert_agrees(ini)
+    assert our_shape(graph)["b1"] == (("a1",), labels, ())
+    assert read_migration_scripts(ini).readers[str(versions / "b1_child.py")] == reader
+
+
+def test_a_file_python_cannot_decode_is_refused_as_alembic_refuses_it(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    (versions / "b1_child.py").write_bytes(b"revision = 'caf\xe9'\ndown_revision = 'a1'\n")
+    with pytest.raises(SyntaxError):  # Alembic: the import fails
+        alembic_view(ini)
+    with pytest.raises(ConfigurationError, match=r"cannot import .*b1_child\.py: SyntaxError"):
+        read_migration_scripts(ini)
+
+
+# case: (body, what the reason says). Only Alembic, importing the file, can say.
+FALLBACK = {
+    "computed revision": (
+        "revision = 'b' + '1'\ndown_revision = 'a1'\n", "`revision` is not a literal value",
+    ),
+    "augmented assignment": (
+        "revision = 'b'\nrevision += '1'\ndown_revision = 'a1'\n",
+        "`revision` is bound by an augmented assignment",
+    ),
+    "tuple unpacking": ("revision, down_revision = 'b1', 'a1'\n", "`revision` is bound by unpacking"),
+    "a name from an import": (
+        "from os import sep as depends_on\nrevision = 'b1'\ndown_revision = 'a1'\ndepends_on = None\n",
+        "`depends_on` is bound by an import",
+    ),
+    "a value from a call": (
+        "revision = str('b1')\ndown_revision = 'a1'\n", "`revision` is not a literal value",
+    ),
+    "an f-string": (
+        "A = 'b'\nrevision = f'{A}1'\ndown_revision = 'a1'\n", "`revision` is not a literal value",
+    ),
+    "a name assigned twice (the last wins, for Alembic)": (
+        "revision = 'zz'\nrevision = 'b1'\ndown_revision = None\ndown_revision = 'a1'\n",
+        "`revision` is bound more than once",
+    ),
+    "no revision at all": ("down_revision = 'a1'\n", "no module-level `revision = ...` assignment"),
 }
 
 
 @pytest.mark.parametrize("case", FALLBACK, ids=list(FALLBACK))
 def test_unreadable_file_is_named_and_alembic_decides(tmp_path: Path, case: str) -> None:
+    body, reason = FALLBACK[case]
     ini = make_project(tmp_path)
     versions = tmp_path / "migrations" / "versions"
     write(versions / "a1_base.py", plain("a1", None))
-    (versions / "b1_child.py").write_text(HEADER + FALLBACK[case])
+    name = "b1_child.py" if case != "no revision at all" else "b1.py"  # Alembic: the id from the name
+    (versions / name).write_text(HEADER + body)
     scripts = read_migration_scripts(ini)
     assert scripts.source == "alembic"
-    assert len(scripts.unreadable) == 1
-    assert scripts.unreadable[0].startswith("b1_child.py: ")
+    assert scripts.unreadable == (f"{name}: {reason}",)
+    assert scripts.readers == {str(versions / "a1_base.py"): "fast", str(versions / name): "alembic"}
     assert set(scripts.graph.revisions) == {"a1", "b1"}
     assert_agrees(ini, source="alembic")
 
@@ -232,6 +346,145 @@ def test_computed_revision_falls_back_to_the_graph_alembic_builds(tmp_path: Path
     assert scripts.heads == ("ef",)
     assert our_shape(scripts.graph) == alembic_view(ini)[0]
     assert scripts.graph.pending(()) == ["ab", "abcd", "ef"]
+
+
+# -- shapes in which the names are bound otherwise: never a silently different graph --------
+# Each file binds one of the four names so that Python (hence Alembic) sees a value a
+# line-by-line reader does not: set in a branch or a loop, bound twice, deleted, set from a
+# function, or an assignment that only looks like one (inside a string, in brackets).
+# case: (body, how it is read, what the reason says).
+
+SILENT = {
+    "depends_on set only when an optional package imports": (
+        "revision = 'b1'\ndown_revision = 'a1'\n"
+        "try:\n    import json  # always there: Alembic takes this branch\n    depends_on = 'a2'\n"
+        "except ImportError:\n    depends_on = None\n",
+        "alembic", "`depends_on` is bound by an assignment inside `try`",
+    ),
+    "branch_labels set again in an if": (
+        "revision = 'b1'\ndown_revision = 'a1'\nbranch_labels = None\n"
+        "if True:\n    branch_labels = 'feature'\n",
+        "alembic", "`branch_labels` is bound by an assignment inside `if`",
+    ),
+    "depends_on bound by a for loop": (
+        "revision = 'b1'\ndown_revision = 'a1'\nfor depends_on in ['a2']:\n    pass\n",
+        "alembic", "`depends_on` is bound by a for loop",
+    ),
+    "depends_on bound by a with statement": (
+        "import contextlib\nrevision = 'b1'\ndown_revision = 'a1'\n"
+        "with contextlib.nullcontext('a2') as depends_on:\n    pass\n",
+        "alembic", "`depends_on` is bound by a with statement",
+    ),
+    "depends_on bound by an assignment expression": (
+        "revision = 'b1'\ndown_revision = 'a1'\n(depends_on := 'a2')\n",
+        "alembic", "`depends_on` is bound by an assignment expression (:=)",
+    ),
+    "depends_on set by a function through global": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\ndef _depend():\n    global depends_on\n"
+        "    depends_on = 'a2'\n\n\n_depend()\n",
+        "alembic", "`depends_on` is declared global in a function",
+    ),
+    "depends_on set through globals()": (
+        "revision = 'b1'\ndown_revision = 'a1'\nglobals()['depends_' + 'on'] = 'a2'\n",
+        "alembic", "uses `globals`",
+    ),
+    "depends_on set by exec": (
+        "revision = 'b1'\ndown_revision = 'a1'\nexec('depends_' 'on = \"a2\"')\n",
+        "alembic", "uses `exec`",
+    ),
+    "branch_labels deleted": (
+        "revision = 'b1'\ndown_revision = 'a1'\nbranch_labels = 'feature'\ndel branch_labels\n",
+        "alembic", "`branch_labels` is bound by a del statement",
+    ),
+    "depends_on from a module __getattr__": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\n\ndef __getattr__(name):\n"
+        "    if name == 'depends_on':\n        return 'a2'\n    raise AttributeError(name)\n",
+        "alembic", "uses `__getattr__`",
+    ),
+    "depends_on in a chained assignment": (
+        "revision = 'b1'\ndown_revision = depends_on = 'a1'\n",
+        "ast", "`down_revision` is not a literal the fast reader reads",
+    ),
+    "'\"\"\"' in an ordinary string, then an assignment inside a docstring": (
+        "revision = 'b1'\ndown_revision = 'a1'\nQUOTE = '\"\"\"'\n"
+        "NOTE = \"\"\"\ndepends_on = 'a2'\n\"\"\"\n",
+        "fast", "",
+    ),
+    "a keyword argument at column 0 inside brackets": (
+        "revision = 'b1'\ndown_revision = 'a1'\nOPTIONS = dict(\ndepends_on='a2',\n)\n",
+        "ast", "`depends_on` at column 0 inside brackets",
+    ),
+    "a carriage return alone ends a comment": (
+        "revision = 'b1'\ndown_revision = 'a1'\n# a comment\rdepends_on = 'a2'\n",
+        "ast", "a carriage return without a line feed",
+    ),
+    "a name spelled with a fullwidth letter (NFKC)": (
+        "revision = 'b1'\ndown_revision = 'a1'\n\uff44epends_on = 'a2'\n",
+        "ast", "may spell part of a name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SILENT, ids=list(SILENT))
+def test_names_bound_otherwise_give_alembic_graph(tmp_path: Path, case: str) -> None:
+    body, reader, reason = SILENT[case]
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "a2_base.py", plain("a2", None))
+    child = versions / "b1_child.py"
+    child.write_bytes((HEADER + body).encode())
+    expected = alembic_view(ini)
+    scripts = read_migration_scripts(ini)
+    assert (our_shape(scripts.graph), scripts.heads, scripts.graph.bases) == expected
+    assert scripts.readers[str(child)] == reader
+    assert scripts.source == ("alembic" if reader == "alembic" else "static")
+    reasons = scripts.unreadable if reader == "alembic" else scripts.read_exactly
+    assert len(reasons) == (1 if reason else 0)
+    if reason:
+        assert reasons[0].startswith("b1_child.py: ") and reason in reasons[0], reasons
+
+
+def test_each_file_is_read_the_fastest_exact_way(tmp_path: Path) -> None:
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "b1_semicolons.py", HEADER + "revision = 'b1'; down_revision = 'a1'\n")
+    write(versions / "c1_conditional.py", HEADER + SILENT["branch_labels set again in an if"][0].replace(
+        "'b1'", "'c1'").replace("'a1'", "'b1'"))
+    scripts = read_migration_scripts(ini)
+    assert scripts.readers == {
+        str(versions / "a1_base.py"): "fast",
+        str(versions / "b1_semicolons.py"): "ast",
+        str(versions / "c1_conditional.py"): "alembic",
+    }
+    assert scripts.read_exactly == ("b1_semicolons.py: `revision` is not a literal the fast reader reads",)
+    assert scripts.unreadable == (
+        "c1_conditional.py: `branch_labels` is bound by an assignment inside `if`",
+    )
+    assert (scripts.source, scripts.heads, scripts.graph.revisions["c1"].branch_labels) == (
+        "alembic", ("c1",), ("feature",),
+    )
+
+
+def test_verify_warns_when_alembic_was_needed(project: Path, sqlite_database: TestDatabase) -> None:
+    versions = project / "migrations" / "versions"
+    exactly = "revision = 'c0ffee000001'; down_revision = '8d3f6b2a9c11'\n"
+    conditional = (
+        "revision = 'c0ffee000002'\ndown_revision = 'c0ffee000001'\n"
+        "try:\n    import json\n    depends_on = '5c9a1e7b2f40'\nexcept ImportError:\n    depends_on = None\n"
+    )
+    steps = "\n\ndef upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
+    write(versions / "c0ffee000001_exactly.py", HEADER + exactly + steps)
+    write(versions / "c0ffee000002_conditional.py", HEADER + conditional + steps)
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    result = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=sqlite_database.url)
+    assert result.returncode == 0, result.output
+    assert json.loads(result.stdout)["migrations_source"] == "alembic"
+    warnings = [json.loads(line) for line in result.stderr.splitlines() if "Alembic was used" in line]
+    assert [w["files"] for w in warnings] == [
+        ["c0ffee000002_conditional.py: `depends_on` is bound by an assignment inside `try`"]
+    ]
 
 
 # -- files that are not revisions ---------------------------------------------------

@@ -1,18 +1,23 @@
 """The migrations of a project: the layout and the graph, read the fastest correct way.
 
 A fresh manifest (:mod:`.manifest`), else every file read statically
-(:mod:`.reader`), else Alembic (:mod:`.fallback`) for what cannot be read.
+(:mod:`.reader`: the fast path, else :mod:`ast`), else Alembic
+(:mod:`.fallback`) when a file cannot be read without importing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from dbinit.revisions.graph import Revision, RevisionGraph
-from dbinit.revisions.layout import find_layout, list_revision_files
-from dbinit.revisions.reader import UnreadableRevision, read_revision_file
+from dbinit.revisions.layout import AlembicLayout, find_layout, list_revision_files
+from dbinit.revisions.reader import UnreadableRevision, read_revision
+
+#: How one file was read: the fast path, :mod:`ast`, or only Alembic could (it imports the file).
+FileReader = Literal["fast", "ast", "alembic"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +29,13 @@ class MigrationScripts:
     version_locations: tuple[Path, ...]
     graph: RevisionGraph
     source: Literal["static", "alembic", "manifest"] = "static"
+    #: The files only Alembic can read (``"name.py: reason"``): then ``source`` is "alembic".
     unreadable: tuple[str, ...] = ()
+    #: The files read with :mod:`ast` because the fast path declined them (``"name.py: reason"``).
+    read_exactly: tuple[str, ...] = ()
+    #: How each revision file (by path) was read; empty when the graph came from a manifest
+    #: or, for a sourceless project, from Alembic alone.
+    readers: Mapping[str, FileReader] = dataclasses.field(default_factory=dict)
     #: Why a revision manifest present on disk was not used (it is stale).
     manifest_note: str = ""
     #: The pyproject.toml whose [tool.alembic] configures Alembic, if any.
@@ -70,33 +81,50 @@ def read_migration_scripts(
                 source="manifest",
                 pyproject=layout.pyproject,
             )
-    revisions: list[Revision] = []
-    unreadable: list[UnreadableRevision] = []
-    if not layout.sourceless:
-        for path in list_revision_files(layout):
-            try:
-                revisions.append(read_revision_file(path))
-            except UnreadableRevision as exc:
-                unreadable.append(exc)
-    if unreadable or layout.sourceless:
+    reads = _read_files(layout) if not layout.sourceless else _Reads()
+    source: Literal["static", "alembic"] = "static"
+    if reads.unreadable or layout.sourceless:
         from dbinit.revisions.fallback import graph_from_alembic
 
-        graph = graph_from_alembic(layout)
-        return MigrationScripts(
-            layout.alembic_ini,
-            layout.script_location,
-            layout.version_locations,
-            graph,
-            source="alembic",
-            unreadable=tuple(str(exc) for exc in unreadable),
-            manifest_note=note,
-            pyproject=layout.pyproject,
-        )
+        graph, source = graph_from_alembic(layout), "alembic"
+    else:
+        graph = RevisionGraph.build(reads.revisions)
     return MigrationScripts(
         layout.alembic_ini,
         layout.script_location,
         layout.version_locations,
-        RevisionGraph.build(revisions),
+        graph,
+        source=source,
+        unreadable=tuple(reads.unreadable),
+        read_exactly=tuple(reads.exactly),
+        readers=reads.readers,
         manifest_note=note,
         pyproject=layout.pyproject,
     )
+
+
+@dataclasses.dataclass
+class _Reads:
+    """What reading every file statically gave: the revisions, and how each file was read."""
+
+    revisions: list[Revision] = dataclasses.field(default_factory=list)
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+    exactly: list[str] = dataclasses.field(default_factory=list)
+    readers: dict[str, FileReader] = dataclasses.field(default_factory=dict)
+
+
+def _read_files(layout: AlembicLayout) -> _Reads:
+    """Read every revision file statically, noting how each was read (or why it could not be)."""
+    reads = _Reads()
+    for path in list_revision_files(layout):
+        try:
+            read = read_revision(path)
+        except UnreadableRevision as exc:
+            reads.unreadable.append(str(exc))
+            reads.readers[str(path)] = "alembic"
+            continue
+        reads.revisions.append(read.revision)
+        reads.readers[read.revision.file or str(path)] = read.reader
+        if read.reason:
+            reads.exactly.append(f"{path.name}: {read.reason}")
+    return reads
