@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError, to_tuple
 
 from dbinit.errors import ConfigurationError
+from dbinit.revisions.exact import DYNAMIC
 from dbinit.revisions.fallback import graph_from_alembic
 from dbinit.revisions.graph import RevisionGraph
 from dbinit.revisions.layout import find_layout, list_revision_files
@@ -196,6 +197,9 @@ SYNTAX = {
     "a chained assignment": (
         "revision = 'b1'\ndown_revision = depends_on = 'a1'\n", "ast", ("a1",), (), ("a1",),
     ),
+    "a name in an f-string's field": (
+        "revision = 'b1'\ndown_revision = 'a1'\nLABEL = f'rev {revision}'\n", "ast", ("a1",), (), (),
+    ),
     "an f-string with fields before the names": (
         "PREFIX = f'{1}'\nrevision = 'b1'\ndown_revision = 'a1'\n", "ast", ("a1",), (), (),
     ),
@@ -315,6 +319,10 @@ FALLBACK = {
         "`revision` is bound more than once",
     ),
     "no revision at all": ("down_revision = 'a1'\n", "no module-level `revision = ...` assignment"),
+    "a star import": (
+        "from os.path import *\nrevision = 'b1'\ndown_revision = 'a1'\n",
+        "`from … import *` may bind any name",
+    ),
 }
 
 
@@ -331,6 +339,19 @@ def test_unreadable_file_is_named_and_alembic_decides(tmp_path: Path, case: str)
     assert scripts.unreadable == (f"{name}: {reason}",)
     assert scripts.readers == {str(versions / "a1_base.py"): "fast", str(versions / name): "alembic"}
     assert set(scripts.graph.revisions) == {"a1", "b1"}
+    assert_agrees(ini, source="alembic")
+
+
+@pytest.mark.parametrize("word", DYNAMIC)
+def test_a_way_to_set_names_unseen_sends_the_file_to_alembic(tmp_path: Path, word: str) -> None:
+    # globals()["depends_on"] = ..., getattr(builtins, "exec")(...), sys.modules[__name__]...:
+    # a file that so much as names one of these words is left to Alembic.
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    write(versions / "b1_child.py", HEADER + f"revision = 'b1'\ndown_revision = 'a1'\nWAY = {word!r}\n")
+    scripts = read_migration_scripts(ini)
+    assert scripts.unreadable == (f"b1_child.py: uses `{word}`, through which code can set a module's names",)
     assert_agrees(ini, source="alembic")
 
 
