@@ -717,6 +717,7 @@ scripts = read_migration_scripts(Path(sys.argv[1]))
 print(json.dumps({
     "source": scripts.source,
     "heads": list(scripts.heads),
+    "readers": sorted(scripts.readers.values()),
     "loaded": sorted(
         m for m in ("alembic", "sqlalchemy", "mako", "dbinit.revisions.fallback") if m in sys.modules
     ),
@@ -731,12 +732,19 @@ def test_reading_imports_neither_the_migrations_nor_alembic(tmp_path: Path) -> N
         write(versions / f"{rev}_rev.py", plain(rev, down).replace(
             "from alembic import op\n", "from alembic import op\nraise SystemExit('imported!')\n"
         ))
+    # and one the fast path declines: the ast path parses it, never runs it
+    write(versions / "c1_rev.py", "raise SystemExit('imported!')\nrevision = 'c1'; down_revision = 'b1'\n")
     env = clean_env()
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(ini)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"source": "static", "heads": ["b1"], "loaded": []}
+    assert json.loads(result.stdout) == {
+        "source": "static",
+        "heads": ["c1"],
+        "readers": ["ast", "fast", "fast"],
+        "loaded": [],
+    }
     assert "imported!" not in result.stdout + result.stderr
 
     # Alembic, by contrast, runs the files: the probe above is not vacuous.
