@@ -343,16 +343,34 @@ def test_unreadable_file_is_named_and_alembic_decides(tmp_path: Path, case: str)
 
 
 @pytest.mark.parametrize("word", DYNAMIC)
-def test_a_way_to_set_names_unseen_sends_the_file_to_alembic(tmp_path: Path, word: str) -> None:
+@pytest.mark.parametrize("how", ["a name", "a string getattr can use"])
+def test_a_way_to_set_names_unseen_sends_the_file_to_alembic(tmp_path: Path, word: str, how: str) -> None:
     # globals()["depends_on"] = ..., getattr(builtins, "exec")(...), sys.modules[__name__]...:
-    # a file that so much as names one of these words is left to Alembic.
+    # a file that uses one of these words is left to Alembic.
     ini = make_project(tmp_path)
     versions = tmp_path / "migrations" / "versions"
     write(versions / "a1_base.py", plain("a1", None))
-    write(versions / "b1_child.py", HEADER + f"revision = 'b1'\ndown_revision = 'a1'\nWAY = {word!r}\n")
+    if how == "a name":
+        way = f"def _unused():\n    return {word}"
+    else:
+        way = f"WAY = getattr(object, {word!r}, None)"
+    write(versions / "b1_child.py", HEADER + f"revision = 'b1'\ndown_revision = 'a1'\n{way}\n")
     scripts = read_migration_scripts(ini)
     assert scripts.unreadable == (f"b1_child.py: uses `{word}`, through which code can set a module's names",)
     assert_agrees(ini, source="alembic")
+
+
+def test_such_a_word_as_a_plain_string_is_read_exactly(tmp_path: Path) -> None:
+    # A table named "modules": the fast path declines the word, the ast path sees a mere string.
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    text = plain("b1", "a1").replace("    pass\n", "    op.create_table('modules')\n", 1)
+    child = write(versions / "b1_child.py", text)
+    scripts = read_migration_scripts(ini)
+    assert scripts.readers[str(child)] == "ast"
+    assert scripts.read_exactly == ("b1_child.py: mentions `modules`",)
+    assert_agrees(ini)
 
 
 def test_computed_revision_falls_back_to_the_graph_alembic_builds(tmp_path: Path) -> None:
