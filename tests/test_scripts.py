@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError, to_tuple
 
 from dbinit.errors import ConfigurationError
+from dbinit.revisions.exact import DYNAMIC
 from dbinit.revisions.fallback import graph_from_alembic
 from dbinit.revisions.graph import RevisionGraph
 from dbinit.revisions.layout import find_layout, list_revision_files
@@ -196,6 +197,9 @@ SYNTAX = {
     "a chained assignment": (
         "revision = 'b1'\ndown_revision = depends_on = 'a1'\n", "ast", ("a1",), (), ("a1",),
     ),
+    "a name in an f-string's field": (
+        "revision = 'b1'\ndown_revision = 'a1'\nLABEL = f'rev {revision}'\n", "ast", ("a1",), (), (),
+    ),
     "an f-string with fields before the names": (
         "PREFIX = f'{1}'\nrevision = 'b1'\ndown_revision = 'a1'\n", "ast", ("a1",), (), (),
     ),
@@ -315,6 +319,10 @@ FALLBACK = {
         "`revision` is bound more than once",
     ),
     "no revision at all": ("down_revision = 'a1'\n", "no module-level `revision = ...` assignment"),
+    "a star import": (
+        "from os.path import *\nrevision = 'b1'\ndown_revision = 'a1'\n",
+        "`from … import *` may bind any name",
+    ),
 }
 
 
@@ -332,6 +340,37 @@ def test_unreadable_file_is_named_and_alembic_decides(tmp_path: Path, case: str)
     assert scripts.readers == {str(versions / "a1_base.py"): "fast", str(versions / name): "alembic"}
     assert set(scripts.graph.revisions) == {"a1", "b1"}
     assert_agrees(ini, source="alembic")
+
+
+@pytest.mark.parametrize("word", DYNAMIC)
+@pytest.mark.parametrize("how", ["a name", "a string getattr can use"])
+def test_a_way_to_set_names_unseen_sends_the_file_to_alembic(tmp_path: Path, word: str, how: str) -> None:
+    # globals()["depends_on"] = ..., getattr(builtins, "exec")(...), sys.modules[__name__]...:
+    # a file that uses one of these words is left to Alembic.
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    if how == "a name":
+        way = f"def _unused():\n    return {word}"
+    else:
+        way = f"WAY = getattr(object, {word!r}, None)"
+    write(versions / "b1_child.py", HEADER + f"revision = 'b1'\ndown_revision = 'a1'\n{way}\n")
+    scripts = read_migration_scripts(ini)
+    assert scripts.unreadable == (f"b1_child.py: uses `{word}`, through which code can set a module's names",)
+    assert_agrees(ini, source="alembic")
+
+
+def test_such_a_word_as_a_plain_string_is_read_exactly(tmp_path: Path) -> None:
+    # A table named "modules": the fast path declines the word, the ast path sees a mere string.
+    ini = make_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    write(versions / "a1_base.py", plain("a1", None))
+    text = plain("b1", "a1").replace("    pass\n", "    op.create_table('modules')\n", 1)
+    child = write(versions / "b1_child.py", text)
+    scripts = read_migration_scripts(ini)
+    assert scripts.readers[str(child)] == "ast"
+    assert scripts.read_exactly == ("b1_child.py: mentions `modules`",)
+    assert_agrees(ini)
 
 
 def test_computed_revision_falls_back_to_the_graph_alembic_builds(tmp_path: Path) -> None:
@@ -696,6 +735,7 @@ scripts = read_migration_scripts(Path(sys.argv[1]))
 print(json.dumps({
     "source": scripts.source,
     "heads": list(scripts.heads),
+    "readers": sorted(scripts.readers.values()),
     "loaded": sorted(
         m for m in ("alembic", "sqlalchemy", "mako", "dbinit.revisions.fallback") if m in sys.modules
     ),
@@ -710,12 +750,19 @@ def test_reading_imports_neither_the_migrations_nor_alembic(tmp_path: Path) -> N
         write(versions / f"{rev}_rev.py", plain(rev, down).replace(
             "from alembic import op\n", "from alembic import op\nraise SystemExit('imported!')\n"
         ))
+    # and one the fast path declines: the ast path parses it, never runs it
+    write(versions / "c1_rev.py", "raise SystemExit('imported!')\nrevision = 'c1'; down_revision = 'b1'\n")
     env = clean_env()
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(ini)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"source": "static", "heads": ["b1"], "loaded": []}
+    assert json.loads(result.stdout) == {
+        "source": "static",
+        "heads": ["c1"],
+        "readers": ["ast", "fast", "fast"],
+        "loaded": [],
+    }
     assert "imported!" not in result.stdout + result.stderr
 
     # Alembic, by contrast, runs the files: the probe above is not vacuous.

@@ -1,7 +1,8 @@
 """The revisions of a project, read without importing them.
 
 - :mod:`.layout`: where the migrations live (``alembic.ini``);
-- :mod:`.reader`: one revision file read statically;
+- :mod:`.reader`: one revision file read statically (fast where that is exact);
+- :mod:`.exact`: the exact static path, for what the fast one declines (:mod:`ast`);
 - :mod:`.graph`: the revision graph (heads, bases, labels, pending);
 - :mod:`.manifest`: the graph written at image build time;
 - :mod:`.fallback`: the graph from Alembic, for files the reader cannot read;

@@ -1,6 +1,6 @@
 """The exact static path: a revision file parsed with :mod:`ast`, never run.
 
-For a file the fast line reader (:mod:`.reader`) does not fully understand.
+For a file the fast path of :mod:`.reader` does not fully understand.
 The module is parsed from its bytes, as the import Alembic runs would compile
 it (BOM, ``# -*- coding: … -*-``, line endings and identifier normalisation
 all as Python applies them). Its four names -- ``revision``,
@@ -15,7 +15,7 @@ the answer cannot depend on running the code:
   augmented assignment, unpacking, ``del``, ``def``/``class``, ``except …
   as``, match patterns), no ``global``/``nonlocal`` of them anywhere, no
   ``from … import *``, and none of the names through which code reaches a
-  namespace (``globals``, ``exec``, ``setattr``, ``sys.modules``, a module
+  namespace (``globals``, ``exec``, ``sys.modules``, a module
   ``__getattr__``, … see :data:`DYNAMIC`).
 
 Anything else raises :class:`NotExact`: only Alembic, importing the file,
@@ -36,9 +36,10 @@ NAMES = frozenset({"revision", "down_revision", "branch_labels", "depends_on"})
 #: ``eval``), the module object (``sys.modules``, ``import_module``,
 #: ``__import__``, which ``setattr`` would need), the builtins those hide in
 #: (``__builtins__``), or a module ``__getattr__`` (it answers for a name the
-#: module does not bind). A file that mentions one anywhere (its strings too:
-#: ``getattr(builtins, "exec")``) is left to Alembic; the fast reader searches
-#: the text for the same words.
+#: module does not bind). A file that names one is left to Alembic: as an
+#: identifier, or as a string in a module that can turn a string into an
+#: attribute (``getattr(builtins, "exec")``; a table named "modules" alone is
+#: fine). The fast reader declines a file that holds any of these words.
 DYNAMIC = (
     "globals",
     "locals",
@@ -55,6 +56,8 @@ DYNAMIC = (
     "__getattr__",
 )
 _DYNAMIC = frozenset(DYNAMIC)
+# What turns a string into an attribute.
+_REFLECTION = frozenset({"getattr", "getattr_static", "attrgetter", "methodcaller", "__getattribute__"})
 
 # Nodes whose body runs in a scope of its own: only some of their parts are
 # evaluated in the module's scope.
@@ -116,6 +119,7 @@ def literal_values(data: bytes) -> dict[str, object]:
     means). Raises :class:`NotExact` when the file cannot be read this way.
     """
     tree = _parse(data)
+    _refuse_reflection(tree)
     plain: dict[str, list[ast.expr]] = {}
     other: dict[str, str] = {}
     for name, value, kind in _module_bindings(tree):
@@ -207,10 +211,19 @@ def _refuse_dynamic(node: ast.AST) -> None:
         raise NotExact(f"uses `{identifier}`, through which code can set a module's names")
 
 
+def _refuse_reflection(tree: ast.Module) -> None:
+    """Raise :class:`NotExact` for a word of DYNAMIC as a string where getattr & co. can use it."""
+    strings = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in _DYNAMIC
+    }
+    if strings and any(_identifier(node) in _REFLECTION for node in ast.walk(tree)):
+        raise NotExact(f"uses `{min(strings)}`, through which code can set a module's names")
+
+
 def _identifier(node: ast.AST) -> str | None:
-    """The identifier ``node`` names, or the string it is (``getattr(builtins, "exec")``)."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
+    """The identifier ``node`` names, if any."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):

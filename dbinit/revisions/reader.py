@@ -2,20 +2,21 @@
 
 Each file is read the fastest way that is exact for it:
 
-- **fast** (:func:`_fast_values`): the file as Alembic writes it. A small
-  lexer walks the text up to the last place one of the four names
+- **fast** (:func:`_fast_values`): a lexer that skips strings and comments
+  as Python's tokenizer does, as far as the last place one of the four names
   (``revision``, ``down_revision``, ``branch_labels``, ``depends_on``)
-  appears, skipping strings and comments as Python's tokenizer does; every
-  appearance in code must be a statement of its own at column 0 that binds
-  the name once, to a literal (``name = value``, ``name: annotation =
-  value``; ``name: annotation`` alone binds nothing). Anything else -- the
-  name indented, repeated, inside brackets, after a backslash, or used in
-  code at all; a string the lexer does not delimit exactly (an f-string with
-  fields, an unmatched quote); a file that is not UTF-8 or declares another
-  encoding, has a lone carriage return or a NUL, holds a character that
-  NFKC-normalises into name characters, or mentions ``import *`` or one of
-  :data:`~dbinit.revisions.exact.DYNAMIC` (``globals``, ``exec``, ...) --
-  and the fast path declines.
+  appears and no further; every appearance in code must start a column-0
+  statement that binds the name once, to a literal (``name = value``,
+  ``name: annotation = value``; ``name: annotation`` alone binds nothing).
+  The shape Alembic writes is matched whole by two regexes (tier 1);
+  anything else is walked from one appearance of a name to the next
+  (tier 2). The fast path declines the name indented, repeated, inside
+  brackets, after a backslash, or used in code at all; a string it does not
+  delimit exactly (an f-string with fields, an unmatched quote); a file that
+  is not UTF-8 or declares another encoding, has a lone carriage return or a
+  NUL, holds a character that NFKC-normalises into name characters, or
+  mentions ``import *`` or one of :data:`~dbinit.revisions.exact.DYNAMIC`
+  (``globals``, ``exec``, ...).
 - **ast** (:mod:`.exact`): the module parsed (not run) from its bytes; the
   names are read if each is bound at most once, by a module-level plain or
   annotated assignment of a literal, and nothing else could bind them.
@@ -41,8 +42,11 @@ Reader = Literal["fast", "ast"]
 
 
 class _Lazy:
-    """A regex compiled when first used: compiling them all at import would cost every process
-    (the manifest path too) milliseconds."""
+    """A regex compiled when first used.
+
+    Compiling them all at import would cost every process milliseconds, the
+    manifest path too.
+    """
 
     __slots__ = ("_compiled", "_flags", "_pattern")
 
