@@ -1,9 +1,9 @@
-"""The seed's Python API: ``initialize_service_database`` and ``DatabaseInitManager``.
+"""The original Python API: ``initialize_service_database`` and ``DatabaseInitManager``.
 
 Services call it with ``verify_only=True`` (the default): it verifies and
 fails fast with :class:`dbinit.errors.NotReady`; it never migrates. The
 migration job calls it with ``verify_only=False``. The returned report's
-``as_dict()`` is the seed's dictionary.
+``as_dict()`` is the original dictionary of the DatabaseInitManager API.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ async def initialize_service_database(
     *,
     alembic_ini_path: str | Path | None = None,
 ) -> VerifyReport | MigrateResult:
-    """The seed's entry point: verify (default) or migrate one service's database."""
+    """The original entry point: verify (default) or migrate one service's database."""
     manager = DatabaseInitManager(
         settings_or_url,
         service_name=service_name,

@@ -64,7 +64,7 @@ class DatabaseState:
 
     @property
     def current_revision(self) -> str | None:
-        """The current revision as the seed reports it (several heads: comma-joined).
+        """The current revision as the original log lines report it (several heads: comma-joined).
 
         A row longer than :data:`MAX_REVISION_SHOWN` characters is cut there.
         """

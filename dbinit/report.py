@@ -1,7 +1,7 @@
 """Typed results: what ``verify`` and ``migrate`` return.
 
-Dictionaries only at the edges: :meth:`VerifyReport.as_dict` is the seed's
-dictionary; :meth:`VerifyReport.to_json` the full JSON document.
+Dictionaries only at the edges: :meth:`VerifyReport.as_dict` is the
+DatabaseInitManager API's original dictionary; :meth:`VerifyReport.to_json` the full JSON document.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class VerifyReport:
         return "" if self.ok else self.failed[0].hint
 
     def as_dict(self) -> dict[str, object]:
-        """The seed's dictionary."""
+        """The DatabaseInitManager API's original dictionary."""
         return {
             "action": self.action,
             "message": self.message,
@@ -98,7 +98,7 @@ class MigrateResult:
         return "Database already at head - nothing to apply"
 
     def as_dict(self) -> dict[str, object]:
-        """The seed's dictionary."""
+        """The DatabaseInitManager API's original dictionary."""
         return {"action": self.action, "message": self.message}
 
     def to_json(self) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """Settings, read with pydantic-settings.
 
 Precedence: command-line flag (keyword arguments) > environment > ``.env`` >
-``[tool.dbinit]`` in ``pyproject.toml`` > default. The seed's names are kept
+``[tool.dbinit]`` in ``pyproject.toml`` > default. The original names are kept
 (``DATABASE_URL``, ``SERVICE_NAME``, ``ENVIRONMENT``, ``DB_FORCE_RECREATE``);
 everything else is ``DBINIT_<FIELD>``. In ``pyproject.toml`` use the field
 names (``service_name = "orders"``, ``lock_timeout = 120``).

@@ -1,4 +1,4 @@
-"""The built-in verification checks (the seed's four, and two more).
+"""The built-in verification checks (the original four, and two more).
 
 ===========  ==========================  ==========================================
 id           name                        fails when
