@@ -57,10 +57,6 @@ Name = Annotated[str, Field(min_length=1), AfterValidator(_fits_an_identifier)]
 ProbePath = Annotated[str, Field(pattern=r"^/[^\s?#]*$")]
 
 
-def _seed_name(name: str) -> Any:
-    return Field(validation_alias=AliasChoices(name, name.lower()))
-
-
 class Settings(BaseSettings):
     """Everything dbinit can be told. Build it with :func:`load_settings`."""
 
