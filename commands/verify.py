@@ -45,7 +45,7 @@ def write_report(command: BaseCommand, report: VerifyReport) -> None:
         if outcome.hint and not outcome.ok:
             command.stdout.write(f"       hint: {outcome.hint}")
     command.stdout.write(
-        f"{report.action}: {report.message} (service={report.service}, "
+        f"{report.action}: {report.message} (service={report.service}, database={report.database}, "
         f"current_revision={report.current_revision}, migration_count={report.migration_count}, "
         f"table_count={report.table_count}, {report.duration_ms:.1f} ms)"
     )

@@ -63,6 +63,8 @@ class DatabaseInitManager:
         self.verify_only = verify_only
         self.force_recreate = force_recreate
         self.log = get_logger(self.settings.service)
+        for note in self.settings.notes():
+            self.log.warning(note)
 
     async def initialize(self) -> VerifyReport | MigrateResult:
         """Verify (``verify_only``) or migrate; raise a :class:`DbinitError` on failure."""

@@ -3,8 +3,17 @@
 Precedence: command-line flag (keyword arguments) > environment > ``.env`` >
 ``[tool.dbinit]`` in ``pyproject.toml`` > default. The original names are kept
 (``DATABASE_URL``, ``SERVICE_NAME``, ``ENVIRONMENT``, ``DB_FORCE_RECREATE``);
-everything else is ``DBINIT_<FIELD>``. In ``pyproject.toml`` use the field
-names (``service_name = "orders"``, ``lock_timeout = 120``).
+everything else is ``DBINIT_<FIELD>``. ``SERVICE_NAME``, ``ENVIRONMENT`` and
+``DB_FORCE_RECREATE`` are often the application's own variables too, so each
+has a ``DBINIT_`` name that wins over it (``DBINIT_SERVICE_NAME``,
+``DBINIT_ENVIRONMENT``, ``DBINIT_FORCE_RECREATE``); an environment name dbinit
+does not know (``ENVIRONMENT=local``) counts as production, with a warning
+(:meth:`Settings.notes`), and never fails a start. In ``pyproject.toml`` use
+the field names (``service_name = "orders"``, ``lock_timeout = 120``).
+
+The ``.env`` file is ``./.env`` (the working directory's), or the file named by
+``DBINIT_ENV_FILE`` (read from the process environment only); ``DBINIT_ENV_FILE=``
+(empty) reads none.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from dbinit.urls import DatabaseURL
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///db.sqlite3"
 
 Environment = Literal["development", "test", "staging", "production"]
+ENVIRONMENTS: tuple[Environment, ...] = ("development", "test", "staging", "production")
+#: The process environment variable naming the ``.env`` file (empty: none).
+ENV_FILE_VARIABLE = "DBINIT_ENV_FILE"
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 #: The longest timeout PostgreSQL accepts (``statement_timeout`` is an int of
@@ -76,12 +88,18 @@ class Settings(BaseSettings):
     database_url_file: Path | None = Field(
         None, validation_alias=AliasChoices("DATABASE_URL_FILE", "database_url_file")
     )
-    service_name: str = Field("", validation_alias=AliasChoices("SERVICE_NAME", "service_name"))
-    environment: Environment = Field(
-        "development", validation_alias=AliasChoices("ENVIRONMENT", "environment")
+    service_name: str = Field(
+        "", validation_alias=AliasChoices("DBINIT_SERVICE_NAME", "SERVICE_NAME", "service_name")
+    )
+    #: As given (lower-cased); :attr:`environment` is what dbinit makes of it.
+    environment_name: str = Field(
+        "development",
+        min_length=1,
+        validation_alias=AliasChoices("DBINIT_ENVIRONMENT", "ENVIRONMENT", "environment"),
     )
     force_recreate: bool = Field(
-        False, validation_alias=AliasChoices("DB_FORCE_RECREATE", "force_recreate")
+        False,
+        validation_alias=AliasChoices("DBINIT_FORCE_RECREATE", "DB_FORCE_RECREATE", "force_recreate"),
     )
     allow_destructive: bool = False
 
@@ -125,7 +143,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("environment", "log_format", "log_level", mode="before")
+    @field_validator("environment_name", "log_format", "log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -171,8 +189,38 @@ class Settings(BaseSettings):
         return self.version_table_schema or self.db_schema
 
     @property
+    def environment(self) -> Environment:
+        """The environment: one of :data:`ENVIRONMENTS`; a name dbinit does not know is production."""
+        for known in ENVIRONMENTS:
+            if self.environment_name == known:
+                return known
+        return "production"
+
+    @property
     def is_production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def uses_default_url(self) -> bool:
+        """No ``DATABASE_URL`` anywhere: the embedded SQLite default is used."""
+        return "database_url" not in self.model_fields_set and self.database_url == DEFAULT_DATABASE_URL
+
+    def notes(self) -> tuple[str, ...]:
+        """What a run should warn about before it starts (logged by each entry point)."""
+        found: list[str] = []
+        if self.environment_name not in ENVIRONMENTS:
+            found.append(
+                f"ENVIRONMENT={self.environment_name[:40]!r} is not one of {', '.join(ENVIRONMENTS)}: "
+                "treated as production (destructive strategies refused); set DBINIT_ENVIRONMENT "
+                "to one of them to say otherwise"
+            )
+        if self.uses_default_url:
+            found.append(
+                f"DATABASE_URL is not set (not in the environment, {_env_file_shown()} or "
+                f"[tool.dbinit]): using the embedded default {DEFAULT_DATABASE_URL} in "
+                f"{Path.cwd()}"
+            )
+        return tuple(found)
 
 
 #: How each field is spelled in the environment, for error messages.
@@ -193,21 +241,56 @@ def load_settings(**overrides: Any) -> Settings:
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        settings = Settings(**given)
+        settings = Settings(**given, _env_file=env_file())  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc), hint=_hint(exc)) from None
     url_file = settings.database_url_file
     if url_file is not None and "database_url" not in given:  # a flag beats the file
         settings = _with_url_from_file(settings, url_file)
     if settings.is_production and settings.database_url == DEFAULT_DATABASE_URL:
+        named = (
+            "ENVIRONMENT=production"
+            if settings.environment_name == "production"
+            else f"ENVIRONMENT={settings.environment_name[:40]!r} (counted as production)"
+        )
         raise ConfigurationError(
-            "DATABASE_URL is not set, and ENVIRONMENT=production does not fall back to the "
-            "embedded SQLite default",
-            hint="Set DATABASE_URL (or DATABASE_URL_FILE) from the database Secret",
+            f"DATABASE_URL is not set, and {named} does not fall back to the embedded SQLite default",
+            hint="Set DATABASE_URL (or DATABASE_URL_FILE) from the database Secret; outside "
+            "production set DBINIT_ENVIRONMENT=development",
         )
     # Parse now so a malformed URL is a configuration error before anything runs.
     _ = settings.url
     return settings
+
+
+def env_file() -> Path | None:
+    """The ``.env`` file to read: ``DBINIT_ENV_FILE`` (empty: none), else ``./.env``.
+
+    A ``DBINIT_ENV_FILE`` naming a file that does not exist is a configuration
+    error (exit 2): it was asked for by name. ``./.env`` is read only if present.
+    """
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named is None:
+        return Path(".env")
+    if not named.strip():
+        return None
+    path = Path(named.strip())
+    if not path.is_file():
+        raise ConfigurationError(
+            f"{ENV_FILE_VARIABLE}={named.strip()[:200]!r} does not name a readable file",
+            hint=f"Point {ENV_FILE_VARIABLE} at the project's .env file (e.g. ../.env), or set it "
+            "empty to read none",
+        )
+    return path
+
+
+def _env_file_shown() -> str:
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named is None:
+        return "./.env"
+    if not named.strip():
+        return f"no .env ({ENV_FILE_VARIABLE} is empty)"
+    return f"{ENV_FILE_VARIABLE}={named.strip()}"
 
 
 def _with_url_from_file(settings: Settings, url_file: Path) -> Settings:
@@ -266,17 +349,27 @@ def _field_of(loc: tuple[int | str, ...]) -> str:
     return name
 
 
+def _named(loc: tuple[int | str, ...]) -> str:
+    """The setting as the user spelled it: the first of its names set in the environment."""
+    field = _field_of(loc)
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        present = {name.upper() for name in os.environ}
+        for choice in info.validation_alias.choices:
+            if isinstance(choice, str) and choice.isupper() and choice in present:
+                return choice
+    return setting_name(field)
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        problems.append(f"{setting_name(_field_of(error['loc']))}: {error['msg']}")
+        problems.append(f"{_named(error['loc'])}: {error['msg']}")
     return "invalid setting " + "; ".join(problems)
 
 
 def _hint(exc: ValidationError) -> str:
     fields = {_field_of(e["loc"]) for e in exc.errors()}
-    if "environment" in fields:
-        return "ENVIRONMENT must be one of development, test, staging, production"
     if fields & {"log_format"}:
         return "DBINIT_LOG_FORMAT must be one of auto, json, console"
     if any(field.endswith("_timeout") or field == "readiness_cache" for field in fields):

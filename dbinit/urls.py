@@ -28,6 +28,7 @@ text except through the driver views above, which feed drivers, never output.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -321,9 +322,11 @@ class DatabaseURL:
 
     @property
     def display_name(self) -> str:
-        """Short name for logs: host(s):port/database or the SQLite path."""
+        """Short name for logs: host(s):port/database, or the SQLite file's absolute path."""
         if self.is_sqlite:
-            return self.database
+            if self.database in ("", ":memory:") or self.database.startswith("file:"):
+                return self.database or ":memory:"
+            return os.path.abspath(self.database)
         hosts = ",".join(
             f"{_bracket(host)}:{port or DEFAULT_PORT}" for host, port in self.hosts
         ) or "localhost:5432"

@@ -47,7 +47,9 @@ async def verify(
     """
     started = time.perf_counter()
     if not quiet:
-        log.info("Database verification mode - checking database is ready")
+        log.info(
+            "Database verification mode - checking database is ready", database=settings.url.display_name
+        )
     selected = list(registry.checks if checks is None else checks)
     if scripts is None:
         scripts = read_scripts(settings)
@@ -99,6 +101,7 @@ async def verify(
     if report.ok and not quiet:
         log.info(
             "Database verification successful",
+            database=report.database,
             migration_count=report.migration_count,
             current_revision=report.current_revision,
             table_count=report.table_count,
@@ -107,13 +110,15 @@ async def verify(
         for outcome in report.failed:
             log.error(
                 "Database verification failed",
+                database=report.database,
                 check=outcome.check.id,
                 name=outcome.check.name,
                 reason=outcome.message,
                 hint=outcome.hint,
             )
     if not quiet:
-        log.info("Database verification completed", ok=report.ok, duration_ms=round(report.duration_ms, 2))
+        log.info("Database verification completed", ok=report.ok, database=report.database,
+                 duration_ms=round(report.duration_ms, 2))
     if notify:
         registry.notify("dbinit_verify_finished", report=report)
     return report

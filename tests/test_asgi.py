@@ -266,7 +266,7 @@ def dbinit_checks():
 '''
 #: case -> (environment, what the message names, exit code the failure carries)
 STARTUP_FAILURES: dict[str, tuple[dict[str, str], str, int]] = {
-    "prod": ({"ENVIRONMENT": "prod", "DATABASE_URL": SECRET_PG_URL}, "ENVIRONMENT must be one of", 2),
+    "bad-setting": ({"DBINIT_LOG_LEVEL": "loud", "DATABASE_URL": SECRET_PG_URL}, "DBINIT_LOG_LEVEL", 2),
     "malformed-url": ({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, "invalid port", 2),
     "missing-url-file": ({"DATABASE_URL_FILE": "{tmp}/missing"}, "DATABASE_URL_FILE", 2),
     "bad-timeout": ({"DBINIT_STARTUP_TIMEOUT": "abc"}, "DBINIT_STARTUP_TIMEOUT", 2),
@@ -399,12 +399,12 @@ def test_the_failure_path_survives_a_broken_logger(gate_env: pytest.MonkeyPatch)
 
     structlog.configure(processors=[broken])
     try:
-        gate_env.setenv("ENVIRONMENT", "prod")
+        gate_env.setenv("DBINIT_LOG_LEVEL", "loud")
         sent, error = asyncio.run(drive_lifespan(DatabaseGate().wrap(_no_app)))
     finally:
         structlog.reset_defaults()
     assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
-    assert "ENVIRONMENT must be one of" in sent[0]["message"]
+    assert "invalid setting DBINIT_LOG_LEVEL" in sent[0]["message"]
     assert isinstance(error, StartupFailed)
 
 

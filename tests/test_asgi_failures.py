@@ -181,8 +181,10 @@ class Case:
 
 def make_case(name: str, dbs: Databases, tmp_path: Path) -> Case:
     migrated = dbs.url(dbs.migrated)
-    if name == "prod":
-        return Case({"ENVIRONMENT": "prod", "DATABASE_URL": migrated}, ("ENVIRONMENT must be one of",))
+    if name == "bad-setting":
+        return Case(
+            {"DBINIT_LOG_LEVEL": "loud", "DATABASE_URL": migrated}, ("invalid setting DBINIT_LOG_LEVEL",)
+        )
     if name == "malformed-url":
         return Case({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, ("invalid port",))
     if name == "missing-url-file":
@@ -216,20 +218,21 @@ def make_case(name: str, dbs: Databases, tmp_path: Path) -> Case:
 
 
 CASES = [
-    "prod", "malformed-url", "missing-url-file", "bad-timeout", "no-grant", "unmigrated", "plugin-raises"
+    "bad-setting", "malformed-url", "missing-url-file", "bad-timeout", "no-grant", "unmigrated",
+    "plugin-raises",
 ]
 # auto (the mode that serves after a bare exception): every way in with every case, but
 # FastAPI's lifespan is Starlette's Router code, so it gets three. on: two per way in,
 # chosen so that every case also runs under on.
 MATRIX = (
     [("auto", way, case) for way in ("wrap", "starlette", "fastapi+middleware") for case in CASES]
-    + [("auto", "fastapi", case) for case in ("prod", "no-grant", "plugin-raises")]
+    + [("auto", "fastapi", case) for case in ("bad-setting", "no-grant", "plugin-raises")]
     + [
         ("on", "wrap", "missing-url-file"),
         ("on", "wrap", "plugin-raises"),
         ("on", "starlette", "bad-timeout"),
         ("on", "starlette", "no-grant"),
-        ("on", "fastapi", "prod"),
+        ("on", "fastapi", "bad-setting"),
         ("on", "fastapi", "unmigrated"),
         ("on", "fastapi+middleware", "malformed-url"),
         ("on", "fastapi+middleware", "plugin-raises"),

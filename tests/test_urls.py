@@ -378,7 +378,7 @@ def test_sqlite_relative_path() -> None:
     assert url.is_sqlite
     assert url.sqlite_path == Path("db.sqlite3")
     assert not url.sqlite_path.is_absolute()
-    assert url.display_name == "db.sqlite3"
+    assert url.display_name == str(Path.cwd() / "db.sqlite3")  # which file, wherever it runs
     assert url.for_sqlalchemy(async_driver=True) == "sqlite+aiosqlite:///db.sqlite3"
     assert url.for_sqlalchemy(async_driver=False) == "sqlite+pysqlite:///db.sqlite3"
     assert make_url(url.for_sqlalchemy(async_driver=False)).database == "db.sqlite3"

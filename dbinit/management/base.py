@@ -198,6 +198,8 @@ class BaseCommand:
             redactor=self.redactor,
         )
         self.log = get_logger(self.settings.service)
+        for note in self.settings.notes():
+            self.log.warning(note)
         self.registry = Registry.load(self.settings.plugins)
         code = self.handle(**options)
         return int(code or 0)
