@@ -128,7 +128,7 @@ def preflight(settings: Settings, scripts: MigrationScripts) -> None:
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigurationError(
             f"the database driver for the migrations is not usable: {type(exc).__name__}: {exc}",
-            hint="Install the driver env.py needs (pip install 'dbinit[sync]' for psycopg); "
+            hint="Install the driver env.py needs (pip install 'dbinit-alembic[sync]' for psycopg); "
             "nothing was dropped or migrated",
         ) from None
 
