@@ -282,6 +282,8 @@ class DatabaseGate:
         from dbinit.wait import backoff_delays
 
         settings = self.settings
+        for note in settings.notes():
+            self.log.warning(note)
         if settings.force_recreate:
             self.log.warning("DB_FORCE_RECREATE ignored: services only verify")
         self._registry = Registry.load(settings.plugins)

@@ -96,4 +96,5 @@ def test_the_gate_starts_the_app_with_its_own_environment_name(
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert "Database verification successful" in output
+    assert "ENVIRONMENT='local' is not one of" in output  # said once, as a warning
     assert APP_SECRET not in output
