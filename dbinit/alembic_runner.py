@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.identity import DatabaseIdentity
     from dbinit.interrupts import RunControl
     from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
@@ -185,11 +186,14 @@ def upgrade(
     control: RunControl | None = None,
     *,
     contexts: Sequence[PluginContext] = (),
+    identity: DatabaseIdentity | None = None,
 ) -> list[str]:
     """``alembic upgrade heads``; returns the applied revisions in order.
 
     ``contexts`` (from :meth:`Registry.migration_contexts`) are entered around
-    ``env.py``'s run, in this thread (:func:`entered`).
+    ``env.py``'s run, in this thread (:func:`entered`). ``identity`` is the
+    database the migration lock is on: env.py's connection must be on it
+    (:func:`environment_context`).
 
     With a :class:`RunControl`, a stop request aborts at the next migration
     boundary (rolling back the migration just run) and the migration sessions
@@ -234,7 +238,8 @@ def upgrade(
         kwargs["on_version_apply"] = (*callbacks, on_apply)
 
     environment = environment_context(
-        settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration
+        settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration,
+        expected=identity,
     )
     # built before Alembic runs: a bad parameter is a configuration error, not a failed migration
     listeners = session_listeners(settings, control, async_driver=env_is_async(scripts))
@@ -283,11 +288,18 @@ def environment_context(
     as_sql: bool,
     starting_rev: str | None,
     adjust: Callable[[dict[str, Any]], None] | None = None,
+    expected: DatabaseIdentity | None = None,
 ) -> EnvironmentContext:
     """Alembic's environment for ``upgrade heads``, with dbinit's version table.
 
     env.py is not ours to edit, so its ``context.configure(...)`` call is
-    wrapped: the version table dbinit verifies (``DBINIT_VERSION_TABLE``, in
+    wrapped. Online, the connection env.py hands Alembic must be on the
+    database the migration lock is on (``expected``, read on the lock's
+    session): an env.py that builds its own URL from the application's
+    settings may connect elsewhere, and the lock would protect nothing; that
+    is a configuration error before any revision runs
+    (:func:`check_same_database`). Offline (``--sql``) there is no connection
+    and nothing to compare. Then the version table dbinit verifies (``DBINIT_VERSION_TABLE``, in
     ``DBINIT_SCHEMA``) is passed to Alembic unless env.py names one itself; if
     env.py names a different one, that is a configuration error before any
     migration runs (otherwise migrate would write one table and verify
@@ -309,6 +321,8 @@ def environment_context(
         )
 
     def configure_for_dbinit(*args: Any, **kwargs: Any) -> None:
+        if expected is not None and not as_sql and kwargs.get("connection") is not None:
+            check_same_database(expected, kwargs["connection"])
         for key, (value, setting) in ours.items():
             given = kwargs.get(key)
             if given is not None and given != value:
@@ -331,6 +345,74 @@ def environment_context(
 
     environment.configure = configure_for_dbinit  # type: ignore[method-assign]
     return environment
+
+
+def check_same_database(expected: DatabaseIdentity, connection: Any) -> None:
+    """Raise :class:`ConfigurationError` unless ``connection`` (env.py's) is on dbinit's database.
+
+    ``connection`` is the SQLAlchemy ``Connection`` env.py passes to
+    ``context.configure`` (the async template's is the sync facade inside
+    ``run_sync``); an ``Engine`` (which Alembic refuses itself) is connected
+    for the question.
+    """
+    from sqlalchemy.engine import Engine
+
+    from dbinit.identity import difference
+
+    if isinstance(connection, Engine):
+        with connection.connect() as connected:
+            theirs = connection_identity(connected)
+    else:
+        theirs = connection_identity(connection)
+    found = difference(expected, theirs)
+    if found is not None:
+        message, hint = found
+        raise ConfigurationError(message, hint=hint)
+
+
+def connection_identity(connection: Any) -> DatabaseIdentity:
+    """Which database a SQLAlchemy connection is on (:mod:`dbinit.identity`), any driver.
+
+    The question is asked in a transaction of its own, rolled back, unless
+    env.py already began one (then it is a read inside it): Alembic sees the
+    connection as env.py left it.
+    """
+    from dbinit.identity import IDENTITY_QUERY, OtherDatabase, PostgresIdentity, SqliteIdentity
+
+    url = connection.engine.url
+    dialect = connection.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        return OtherDatabase(dialect, _sqlalchemy_display(url))
+    own = None if connection.in_transaction() else connection.begin()
+    try:
+        if dialect == "sqlite":
+            rows = connection.exec_driver_sql("PRAGMA database_list").fetchall()
+            main = next((str(row[2] or "") for row in rows if row[1] == "main"), "")
+            return SqliteIdentity.of(main)
+        row = connection.exec_driver_sql(IDENTITY_QUERY).one()
+    finally:
+        if own is not None:
+            own.rollback()
+    return PostgresIdentity(
+        database=str(row.database),
+        user=str(row.role),
+        database_oid=int(row.database_oid),
+        server_started_us=int(row.started_us),
+        port=int(row.port),
+        display=_sqlalchemy_display(url),
+    )
+
+
+def _sqlalchemy_display(url: Any) -> str:
+    """host(s):port/database of a SQLAlchemy URL (as :attr:`DatabaseURL.display_name`; no password)."""
+    if url.get_backend_name() == "sqlite":
+        return str(url.database or ":memory:")
+    if url.host:
+        hosts = [f"{f'[{url.host}]' if ':' in url.host else url.host}:{url.port or 5432}"]
+    else:  # the multi-host form: ?host=h1:p1&host=h2:p2
+        given = url.query.get("host") or ()
+        hosts = [given] if isinstance(given, str) else list(given)
+    return f"{','.join(hosts) or 'localhost:5432'}/{url.database or ''}"
 
 
 Listener = tuple[Any, str, Callable[..., Any]]
