@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -572,6 +573,14 @@ def offline_sql(
             script.run_env()
     except CommandError as exc:
         raise ConfigurationError(f"cannot render offline SQL: {exc}") from None
+    except DbinitError:
+        raise
+    except Exception as exc:  # env.py (or what it imports) failed: said as upgrade says it
+        raise ConfigurationError(
+            f"env.py failed while rendering offline SQL: {describe_failure(exc)}",
+            hint="Check env.py and what it imports (the application's settings and the "
+            "variables they need in this environment)",
+        ) from exc
 
 
 #: A revision that commits part of its work itself (Alembic's autocommit_block,
@@ -706,7 +715,21 @@ def migration_error(
 
 
 def describe_failure(exc: BaseException) -> str:
-    """One line: the driver's error (not SQLAlchemy's wrapper) and the statement, shortened."""
+    """One line: what failed, said so that the one who reads a Job's log can fix it.
+
+    The application's settings (a pydantic ``ValidationError``, e.g. from
+    pydantic-settings' ``Settings()`` imported by env.py): which fields they
+    rejected and why, never an input value (it may be a secret). A variable
+    read with ``os.environ[...]`` that is not set: its name. A database
+    error: the driver's error (not SQLAlchemy's wrapper) and the statement,
+    shortened. Anything else: its type and message.
+    """
+    rejected = _settings_rejection(exc)
+    if rejected is not None:
+        return rejected
+    missing = _missing_environment_variable(exc)
+    if missing is not None:
+        return missing
     orig = getattr(exc, "orig", None)
     if orig is None:
         return f"{type(exc).__name__}: {exc}"
@@ -718,3 +741,69 @@ def describe_failure(exc: BaseException) -> str:
         short = " ".join(str(statement).split())
         reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
     return reason
+
+
+#: How many rejected settings a message lists before "and N more".
+MAX_SETTINGS_SHOWN = 10
+
+
+def _settings_rejection(exc: BaseException) -> str | None:
+    """A pydantic ``ValidationError`` (any model; told by its type, pydantic is not imported here).
+
+    Rendered from ``errors(include_input=False, include_url=False)``: the input
+    values stay out, and a message that repeats one (a custom validator's
+    ``ValueError(f"... {value}")``) has it replaced by ``***``.
+    """
+    kind = type(exc)
+    package = kind.__module__.split(".")[0]
+    if kind.__name__ != "ValidationError" or package not in ("pydantic", "pydantic_core"):
+        return None
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return None
+    try:
+        shown = errors(include_input=False, include_url=False)
+        inputs = [error.get("input") for error in errors(include_url=False)]
+    except TypeError:  # pydantic 1: errors() takes no arguments and carries no input
+        shown = errors()
+        inputs = [None] * len(shown)
+    model = getattr(exc, "model", None)  # pydantic 1
+    title = getattr(exc, "title", None) or getattr(model, "__name__", None) or "Settings"
+    parts: list[str] = []
+    for error, given in zip(shown[:MAX_SETTINGS_SHOWN], inputs, strict=False):
+        where = ".".join(str(piece) for piece in error.get("loc", ())) or "(the model)"
+        message = str(error.get("msg", "invalid"))
+        if isinstance(given, str) and len(given) >= 3:
+            message = message.replace(given, "***")
+        parts.append(f"{where}: {message}")
+    more = len(shown) - MAX_SETTINGS_SHOWN
+    listed = "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return (
+        f"the application's settings ({str(title)[:80]}) rejected: {listed} (provide them to the "
+        "migration Job as the application gets them, e.g. envFrom the application's Secret)"
+    )
+
+
+def _missing_environment_variable(exc: BaseException) -> str | None:
+    """A ``KeyError`` raised by ``os.environ[...]`` itself: the variable's name, and who read it."""
+    if type(exc) is not KeyError or len(exc.args) != 1 or exc.__traceback__ is None:
+        return None
+    entry = exc.__traceback__
+    caller = None
+    while entry.tb_next is not None:
+        caller, entry = entry, entry.tb_next
+    frame = entry.tb_frame
+    if frame.f_globals.get("__name__") != "os" or frame.f_code.co_name != "__getitem__":
+        return None
+    name = str(exc.args[0])
+    where = ""
+    if caller is not None:
+        filename = caller.tb_frame.f_code.co_filename
+        relative = os.path.relpath(filename) if os.path.isabs(filename) else filename
+        shown = filename if relative.startswith("..") else relative
+        where = f" (os.environ[{name!r}] in {shown}, line {caller.tb_lineno})"
+    return (
+        f"env.py needs the environment variable {name}, which is not set{where}: set it in the "
+        "migration Job's environment as the application gets it (e.g. envFrom the application's "
+        "Secret or ConfigMap)"
+    )
