@@ -15,8 +15,6 @@ passwords), real SQLite files.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ from tests.plugins.databases import (  # noqa: E402
     PostgresServer,
     Result,
     TestDatabase,
-    clean_env,
+    alembic_project,
     run_dbinit,
 )
 from tests.plugins.faults import ScramServer, assert_no_password  # noqa: E402
@@ -39,22 +37,6 @@ pytest_plugins = ["tests.plugins.faults"]
 
 REVISION = "b7ead0000001"
 ENV_PASSWORD = "envpy-0nly-P4ss"  # known to env.py only, never to dbinit (so never redacted by it)
-
-
-def alembic_project(tmp_path: Path, template: str) -> Path:
-    """``alembic init -t TEMPLATE`` + one ``alembic revision`` creating the table ``bread``."""
-    project = tmp_path / f"project-{template}"
-    project.mkdir()
-    alembic = [sys.executable, "-m", "alembic"]
-    for args in (("init", "-t", template, "migrations"),
-                 ("revision", "-m", "create bread", "--rev-id", REVISION)):
-        subprocess.run([*alembic, *args], cwd=project, env=clean_env(), check=True, capture_output=True,
-                       timeout=120)
-    revision = next((project / "migrations" / "versions").glob(f"{REVISION}_*.py"))
-    body = '    op.create_table("bread", sa.Column("id", sa.Integer, primary_key=True))'
-    revision.write_text(revision.read_text().replace(
-        '    """Upgrade schema."""\n    pass', '    """Upgrade schema."""\n' + body, 1))
-    return project
 
 
 def connect_elsewhere(project: Path) -> str:
