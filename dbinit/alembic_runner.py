@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.identity import DatabaseIdentity
     from dbinit.interrupts import RunControl
     from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
@@ -185,11 +187,14 @@ def upgrade(
     control: RunControl | None = None,
     *,
     contexts: Sequence[PluginContext] = (),
+    identity: DatabaseIdentity | None = None,
 ) -> list[str]:
     """``alembic upgrade heads``; returns the applied revisions in order.
 
     ``contexts`` (from :meth:`Registry.migration_contexts`) are entered around
-    ``env.py``'s run, in this thread (:func:`entered`).
+    ``env.py``'s run, in this thread (:func:`entered`). ``identity`` is the
+    database the migration lock is on: env.py's connection must be on it
+    (:func:`environment_context`).
 
     With a :class:`RunControl`, a stop request aborts at the next migration
     boundary (rolling back the migration just run) and the migration sessions
@@ -234,7 +239,8 @@ def upgrade(
         kwargs["on_version_apply"] = (*callbacks, on_apply)
 
     environment = environment_context(
-        settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration
+        settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration,
+        expected=identity,
     )
     # built before Alembic runs: a bad parameter is a configuration error, not a failed migration
     listeners = session_listeners(settings, control, async_driver=env_is_async(scripts))
@@ -283,11 +289,18 @@ def environment_context(
     as_sql: bool,
     starting_rev: str | None,
     adjust: Callable[[dict[str, Any]], None] | None = None,
+    expected: DatabaseIdentity | None = None,
 ) -> EnvironmentContext:
     """Alembic's environment for ``upgrade heads``, with dbinit's version table.
 
     env.py is not ours to edit, so its ``context.configure(...)`` call is
-    wrapped: the version table dbinit verifies (``DBINIT_VERSION_TABLE``, in
+    wrapped. Online, the connection env.py hands Alembic must be on the
+    database the migration lock is on (``expected``, read on the lock's
+    session): an env.py that builds its own URL from the application's
+    settings may connect elsewhere, and the lock would protect nothing; that
+    is a configuration error before any revision runs
+    (:func:`check_same_database`). Offline (``--sql``) there is no connection
+    and nothing to compare. Then the version table dbinit verifies (``DBINIT_VERSION_TABLE``, in
     ``DBINIT_SCHEMA``) is passed to Alembic unless env.py names one itself; if
     env.py names a different one, that is a configuration error before any
     migration runs (otherwise migrate would write one table and verify
@@ -309,6 +322,8 @@ def environment_context(
         )
 
     def configure_for_dbinit(*args: Any, **kwargs: Any) -> None:
+        if expected is not None and not as_sql and kwargs.get("connection") is not None:
+            check_same_database(expected, kwargs["connection"])
         for key, (value, setting) in ours.items():
             given = kwargs.get(key)
             if given is not None and given != value:
@@ -331,6 +346,74 @@ def environment_context(
 
     environment.configure = configure_for_dbinit  # type: ignore[method-assign]
     return environment
+
+
+def check_same_database(expected: DatabaseIdentity, connection: Any) -> None:
+    """Raise :class:`ConfigurationError` unless ``connection`` (env.py's) is on dbinit's database.
+
+    ``connection`` is the SQLAlchemy ``Connection`` env.py passes to
+    ``context.configure`` (the async template's is the sync facade inside
+    ``run_sync``); an ``Engine`` (which Alembic refuses itself) is connected
+    for the question.
+    """
+    from sqlalchemy.engine import Engine
+
+    from dbinit.identity import difference
+
+    if isinstance(connection, Engine):
+        with connection.connect() as connected:
+            theirs = connection_identity(connected)
+    else:
+        theirs = connection_identity(connection)
+    found = difference(expected, theirs)
+    if found is not None:
+        message, hint = found
+        raise ConfigurationError(message, hint=hint)
+
+
+def connection_identity(connection: Any) -> DatabaseIdentity:
+    """Which database a SQLAlchemy connection is on (:mod:`dbinit.identity`), any driver.
+
+    The question is asked in a transaction of its own, rolled back, unless
+    env.py already began one (then it is a read inside it): Alembic sees the
+    connection as env.py left it.
+    """
+    from dbinit.identity import IDENTITY_QUERY, OtherDatabase, PostgresIdentity, SqliteIdentity
+
+    url = connection.engine.url
+    dialect = connection.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        return OtherDatabase(dialect, _sqlalchemy_display(url))
+    own = None if connection.in_transaction() else connection.begin()
+    try:
+        if dialect == "sqlite":
+            rows = connection.exec_driver_sql("PRAGMA database_list").fetchall()
+            main = next((str(row[2] or "") for row in rows if row[1] == "main"), "")
+            return SqliteIdentity.of(main)
+        row = connection.exec_driver_sql(IDENTITY_QUERY).one()
+    finally:
+        if own is not None:
+            own.rollback()
+    return PostgresIdentity(
+        database=str(row.database),
+        user=str(row.role),
+        database_oid=int(row.database_oid),
+        server_started_us=int(row.started_us),
+        port=int(row.port),
+        display=_sqlalchemy_display(url),
+    )
+
+
+def _sqlalchemy_display(url: Any) -> str:
+    """host(s):port/database of a SQLAlchemy URL (as :attr:`DatabaseURL.display_name`; no password)."""
+    if url.get_backend_name() == "sqlite":
+        return str(url.database or ":memory:")
+    if url.host:
+        hosts = [f"{f'[{url.host}]' if ':' in url.host else url.host}:{url.port or 5432}"]
+    else:  # the multi-host form: ?host=h1:p1&host=h2:p2
+        given = url.query.get("host") or ()
+        hosts = [given] if isinstance(given, str) else list(given)
+    return f"{','.join(hosts) or 'localhost:5432'}/{url.database or ''}"
 
 
 Listener = tuple[Any, str, Callable[..., Any]]
@@ -490,6 +573,14 @@ def offline_sql(
             script.run_env()
     except CommandError as exc:
         raise ConfigurationError(f"cannot render offline SQL: {exc}") from None
+    except DbinitError:
+        raise
+    except Exception as exc:  # env.py (or what it imports) failed: said as upgrade says it
+        raise ConfigurationError(
+            f"env.py failed while rendering offline SQL: {describe_failure(exc)}",
+            hint="Check env.py and what it imports (the application's settings and the "
+            "variables they need in this environment)",
+        ) from exc
 
 
 #: A revision that commits part of its work itself (Alembic's autocommit_block,
@@ -624,7 +715,21 @@ def migration_error(
 
 
 def describe_failure(exc: BaseException) -> str:
-    """One line: the driver's error (not SQLAlchemy's wrapper) and the statement, shortened."""
+    """One line: what failed, said so that the one who reads a Job's log can fix it.
+
+    The application's settings (a pydantic ``ValidationError``, e.g. from
+    pydantic-settings' ``Settings()`` imported by env.py): which fields they
+    rejected and why, never an input value (it may be a secret). A variable
+    read with ``os.environ[...]`` that is not set: its name. A database
+    error: the driver's error (not SQLAlchemy's wrapper) and the statement,
+    shortened. Anything else: its type and message.
+    """
+    rejected = _settings_rejection(exc)
+    if rejected is not None:
+        return rejected
+    missing = _missing_environment_variable(exc)
+    if missing is not None:
+        return missing
     orig = getattr(exc, "orig", None)
     if orig is None:
         return f"{type(exc).__name__}: {exc}"
@@ -636,3 +741,69 @@ def describe_failure(exc: BaseException) -> str:
         short = " ".join(str(statement).split())
         reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
     return reason
+
+
+#: How many rejected settings a message lists before "and N more".
+MAX_SETTINGS_SHOWN = 10
+
+
+def _settings_rejection(exc: BaseException) -> str | None:
+    """A pydantic ``ValidationError`` (any model; told by its type, pydantic is not imported here).
+
+    Rendered from ``errors(include_input=False, include_url=False)``: the input
+    values stay out, and a message that repeats one (a custom validator's
+    ``ValueError(f"... {value}")``) has it replaced by ``***``.
+    """
+    kind = type(exc)
+    package = kind.__module__.split(".")[0]
+    if kind.__name__ != "ValidationError" or package not in ("pydantic", "pydantic_core"):
+        return None
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return None
+    try:
+        shown = errors(include_input=False, include_url=False)
+        inputs = [error.get("input") for error in errors(include_url=False)]
+    except TypeError:  # pydantic 1: errors() takes no arguments and carries no input
+        shown = errors()
+        inputs = [None] * len(shown)
+    model = getattr(exc, "model", None)  # pydantic 1
+    title = getattr(exc, "title", None) or getattr(model, "__name__", None) or "Settings"
+    parts: list[str] = []
+    for error, given in zip(shown[:MAX_SETTINGS_SHOWN], inputs, strict=False):
+        where = ".".join(str(piece) for piece in error.get("loc", ())) or "(the model)"
+        message = str(error.get("msg", "invalid"))
+        if isinstance(given, str) and len(given) >= 3:
+            message = message.replace(given, "***")
+        parts.append(f"{where}: {message}")
+    more = len(shown) - MAX_SETTINGS_SHOWN
+    listed = "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return (
+        f"the application's settings ({str(title)[:80]}) rejected: {listed} (provide them to the "
+        "migration Job as the application gets them, e.g. envFrom the application's Secret)"
+    )
+
+
+def _missing_environment_variable(exc: BaseException) -> str | None:
+    """A ``KeyError`` raised by ``os.environ[...]`` itself: the variable's name, and who read it."""
+    if type(exc) is not KeyError or len(exc.args) != 1 or exc.__traceback__ is None:
+        return None
+    entry = exc.__traceback__
+    caller = None
+    while entry.tb_next is not None:
+        caller, entry = entry, entry.tb_next
+    frame = entry.tb_frame
+    if frame.f_globals.get("__name__") != "os" or frame.f_code.co_name != "__getitem__":
+        return None
+    name = str(exc.args[0])
+    where = ""
+    if caller is not None:
+        filename = caller.tb_frame.f_code.co_filename
+        relative = os.path.relpath(filename) if os.path.isabs(filename) else filename
+        shown = filename if relative.startswith("..") else relative
+        where = f" (os.environ[{name!r}] in {shown}, line {caller.tb_lineno})"
+    return (
+        f"env.py needs the environment variable {name}, which is not set{where}: set it in the "
+        "migration Job's environment as the application gets it (e.g. envFrom the application's "
+        "Secret or ConfigMap)"
+    )

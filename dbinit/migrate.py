@@ -18,6 +18,7 @@ from dbinit.errors import (
     Refused,
 )
 from dbinit.facts import read_scripts, read_state
+from dbinit.identity import IDENTITY_COLUMNS, DatabaseIdentity, PostgresIdentity, SqliteIdentity
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
 from dbinit.report import MigratePlan, MigrateResult, VerifyReport
@@ -134,7 +135,7 @@ async def _migrate(
     )
     target = ",".join(scripts.heads) or "head"
     async with migration_lock(settings, log, target=target, control=control) as held:
-        await _check_connection_limits(held)
+        identity = await _read_lock_session(settings, held)
         # Read the state only now: another job may have migrated while we waited.
         state = await read_state(settings, "migrate")
         control.raise_if_stopping("stopped before migrating")
@@ -142,7 +143,8 @@ async def _migrate(
         if ahead and not strategy.destructive:
             return await _ahead_of_image(settings, registry, log, scripts, strategy, ahead, started)
         context = StrategyContext(
-            settings=settings, scripts=scripts, state=state, log=log, control=control, registry=registry
+            settings=settings, scripts=scripts, state=state, log=log, control=control, registry=registry,
+            identity=identity,
         )
         worker = asyncio.ensure_future(asyncio.to_thread(strategy.run, context))
         canceller = asyncio.ensure_future(_stop_when_asked(control, held, worker, settings, log))
@@ -177,26 +179,41 @@ async def _migrate(
 #: the state read, the migration (Alembic's engine) or the verification.
 CONNECTIONS_NEEDED = 2
 
-_LIMITS_QUERY = """
-SELECT r.rolname, r.rolsuper, r.rolconnlimit, d.datname, d.datconnlimit
+_LOCK_SESSION_QUERY = f"""
+SELECT r.rolsuper, r.rolconnlimit, d.datconnlimit, {IDENTITY_COLUMNS}
   FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
  WHERE r.rolname = current_user AND d.datname = current_database()
 """
 
 
-async def _check_connection_limits(held: HeldLock) -> None:
-    """A role or database connection limit below what ``migrate`` needs: exit 2, not a retry loop.
+async def _read_lock_session(settings: Settings, held: HeldLock) -> DatabaseIdentity | None:
+    """The database the lock is on (:mod:`dbinit.identity`), and its connection limits: one round trip.
 
-    (Superusers are exempt from both limits, as PostgreSQL does.)
+    The identity is what env.py's connection is compared with before the first
+    revision runs. A role or database connection limit below what ``migrate``
+    needs is exit 2, not a retry loop (superusers are exempt from both limits,
+    as PostgreSQL does).
     """
+    if settings.url.is_sqlite:
+        return SqliteIdentity.of(settings.url.sqlite_path)
     if held.connection is None:
-        return
-    row = await held.fetchrow(_LIMITS_QUERY)
-    if row is None or row["rolsuper"]:
-        return
+        return None
+    row = await held.fetchrow(_LOCK_SESSION_QUERY)
+    if row is None:
+        return None
+    identity = PostgresIdentity(
+        database=row["database"],
+        user=row["role"],
+        database_oid=row["database_oid"],
+        server_started_us=row["started_us"],
+        port=row["port"],
+        display=settings.url.display_name,
+    )
+    if row["rolsuper"]:
+        return identity
     for kind, name, limit, fix in (
-        ("role", row["rolname"], row["rolconnlimit"], "ALTER ROLE"),
-        ("database", row["datname"], row["datconnlimit"], "ALTER DATABASE"),
+        ("role", identity.user, row["rolconnlimit"], "ALTER ROLE"),
+        ("database", identity.database, row["datconnlimit"], "ALTER DATABASE"),
     ):
         if 0 <= limit < CONNECTIONS_NEEDED:
             raise ConfigurationError(
@@ -205,6 +222,7 @@ async def _check_connection_limits(held: HeldLock) -> None:
                 hint=f'{fix} "{name}" CONNECTION LIMIT {CONNECTIONS_NEEDED} (or more: the '
                 "services' own connections count too), or run the job as another role",
             )
+    return identity
 
 
 async def _ahead_of_image(

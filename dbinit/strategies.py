@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.database import DatabaseState
+    from dbinit.identity import DatabaseIdentity
     from dbinit.interrupts import RunControl
     from dbinit.pluginmanager import Registry
     from dbinit.revisions.scripts import MigrationScripts
@@ -37,17 +38,24 @@ class StrategyContext:
     control: RunControl | None = None
     #: the run's plugins: :meth:`upgrade` enters their ``dbinit_migration_context``
     registry: Registry | None = None
+    #: the database the migration lock is on (read on the lock's session): :meth:`upgrade`
+    #: refuses to run when env.py connects to another one (None: not checked)
+    identity: DatabaseIdentity | None = None
 
     def upgrade(self) -> list[str]:
         """Run Alembic ``upgrade heads``, one transaction per migration.
 
         Inside the context managers plugins give through
-        ``dbinit_migration_context`` (e.g. a Flask application context).
+        ``dbinit_migration_context`` (e.g. a Flask application context). Before
+        the first revision runs, env.py's connection must be on the database the
+        lock is on (``identity``), else :class:`~dbinit.errors.ConfigurationError`.
         """
         from dbinit.alembic_runner import upgrade
 
         contexts = self.registry.migration_contexts(self.settings) if self.registry is not None else []
-        return upgrade(self.settings, self.scripts, self.log, self.control, contexts=contexts)
+        return upgrade(
+            self.settings, self.scripts, self.log, self.control, contexts=contexts, identity=self.identity
+        )
 
     def run_command(self, argv: Sequence[str] | None = None) -> list[str]:
         """Run a project's own migrator (default: ``DBINIT_MIGRATE_COMMAND``) as a child process.

@@ -229,3 +229,20 @@ def add_revision(
     path = versions / f"{rev_id}_revision.py"
     path.write_text("\n".join(lines))
     return path
+
+
+def alembic_project(tmp_path: Path, template: str = "generic", rev_id: str = "b7ead0000001") -> Path:
+    """A project made by ``alembic init -t TEMPLATE`` and one ``alembic revision`` (``rev_id``),
+    whose upgrade creates the table ``bread``."""
+    project = tmp_path / f"project-{template}"
+    project.mkdir()
+    alembic = [sys.executable, "-m", "alembic"]
+    for args in (("init", "-t", template, "migrations"),
+                 ("revision", "-m", "create bread", "--rev-id", rev_id)):
+        subprocess.run([*alembic, *args], cwd=project, env=clean_env(), check=True, capture_output=True,
+                       timeout=120)
+    revision = next((project / "migrations" / "versions").glob(f"{rev_id}_*.py"))
+    body = '    op.create_table("bread", sa.Column("id", sa.Integer, primary_key=True))'
+    revision.write_text(revision.read_text().replace(
+        '    """Upgrade schema."""\n    pass', '    """Upgrade schema."""\n' + body, 1))
+    return project
