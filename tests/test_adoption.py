@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.databases import Result, TestDatabase, clean_env, run_dbinit
+from tests.plugins.databases import PostgresServer, Result, TestDatabase, clean_env, run_dbinit
 from tests.plugins.fullstack import APP_SECRET, HEAD, FullStack, build
 from tests.test_asgi_servers import free_port, wait_until
 
@@ -98,3 +98,34 @@ def test_the_gate_starts_the_app_with_its_own_environment_name(
     assert "Database verification successful" in output
     assert "ENVIRONMENT='local' is not one of" in output  # said once, as a warning
     assert APP_SECRET not in output
+
+
+def test_an_env_py_pointed_elsewhere_is_refused_before_any_revision(
+    fullstack: FullStack, pg_database: TestDatabase, postgres_server: PostgresServer
+) -> None:
+    """The app's settings name another database than DATABASE_URL: the lock would protect nothing."""
+    other = postgres_server.create()
+    try:
+        fullstack.point_app_at(other)
+        refused = job(fullstack, "migrate", "--format", "json")
+        assert refused.returncode == 2, refused.output
+        error = json.loads(refused.stdout)
+        assert error["error"] == "ConfigurationError"
+        assert pg_database.parsed.database in error["message"] and other in error["message"]
+        assert "sqlalchemy.url" in error["hint"]
+        assert pg_database.tables() == set()  # neither database was migrated
+        assert TestDatabase("postgresql", postgres_server.url_for(other)).tables() == set()
+        assert APP_SECRET not in refused.output
+    finally:
+        postgres_server.drop(other)
+
+    # the app's missing secret: a configuration error naming the setting, before any revision
+    env = fullstack.app_env()
+    (fullstack.root / ".env").unlink()  # the Job has no .env: only what envFrom gives it
+    del env["POSTGRES_SERVER"]
+    missing = run_dbinit("migrate", "--format", "json", cwd=fullstack.backend,
+                         DATABASE_URL=pg_database.url, **env)
+    assert missing.returncode == 2, missing.output
+    message = json.loads(missing.stdout)["message"]
+    assert "the application's settings (Settings) rejected: POSTGRES_SERVER: Field required" in message
+    assert pg_database.tables() == set()
