@@ -724,9 +724,11 @@ def describe_failure(exc: BaseException) -> str:
     error: the driver's error (not SQLAlchemy's wrapper) and the statement,
     shortened. Anything else: its type and message.
     """
-    rejected = _settings_rejection(exc)
-    if rejected is not None:
-        return rejected
+    for cause in _chain(exc):
+        rejected = _settings_rejection(cause)
+        if rejected is not None:
+            # a wrapper's own message may quote pydantic's text, input values included: not shown
+            return rejected if cause is exc else f"{type(exc).__name__}, from {rejected}"
     missing = _missing_environment_variable(exc)
     if missing is not None:
         return missing
@@ -741,6 +743,16 @@ def describe_failure(exc: BaseException) -> str:
         short = " ".join(str(statement).split())
         reason += f" [SQL: {short[:200]}{'…' if len(short) > 200 else ''}]"
     return reason
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it (``raise ... from``, or raised while handling), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 #: How many rejected settings a message lists before "and N more".

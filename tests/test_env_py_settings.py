@@ -99,6 +99,21 @@ def test_settings_the_application_rejects_are_named_without_their_values(
         in offline.stderr
     assert_no_secret(offline)
 
+    # an application that wraps the error, quoting pydantic's text (input values included)
+    (project / "app_settings.py").write_text(APP_SETTINGS.replace(
+        "settings = Settings()",
+        "try:\n    settings = Settings()\nexcept Exception as exc:\n"
+        "    raise RuntimeError(f'bad configuration: {exc}') from exc",
+    ))
+    wrapped = run_dbinit("migrate", "--format", "json", cwd=project, DATABASE_URL=sqlite_database.url,
+                         **SECRETS)
+    assert str(failed_json(wrapped)["message"]).startswith(
+        "env.py failed before the first migration ran: RuntimeError, from the application's settings "
+        "(Settings) rejected: POSTGRES_SERVER: Field required"
+    )
+    assert_no_secret(wrapped)
+    (project / "app_settings.py").write_text(APP_SETTINGS)
+
     # given the settings it needs, the same project migrates
     fixed = run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url, POSTGRES_SERVER="db",
                        FIRST_SUPERUSER_PASSWORD="x" * 40)
