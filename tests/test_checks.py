@@ -121,6 +121,13 @@ def test_e002_empty_database(project: Path, database: TestDatabase) -> None:
     assert "dbinit.E002: (ERROR) Database is empty" in checked.stdout
     assert "\tHINT: The migration job has not run" in checked.stdout
     assert "System check identified 1 issue (0 silenced)." in checked.stdout
+    # the hint names this service's Job (the example's service_name), not a placeholder
+    assert "(kubectl logs job/orders-migration-<release>)" in checked.stdout
+    assert "<service>" not in checked.output
+    named = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=database.url,
+                       SERVICE_NAME="bakery-orders")
+    assert named.returncode == 4, named.output
+    assert "kubectl logs job/bakery-orders-migration-<release>" in json.loads(named.stdout)["hint"]
 
 
 # -- E003 alembic_table_present --------------------------------------------------------------
@@ -147,6 +154,7 @@ def test_e004_no_revision_recorded_and_garbage_revision(project: Path, database:
     result, report = verify(project, database)
     entry = assert_fails_with(result, report, "dbinit.E004", "migration job")
     assert "'alembic_version' is empty" in entry["message"]
+    assert "kubectl logs job/orders-migration-<release>" in entry["hint"]
     assert report["current_revision"] is None
     assert statuses(report)["dbinit.E005"] == "skipped"
 
