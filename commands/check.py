@@ -65,8 +65,9 @@ class Command(BaseCommand):
                         f"{c.id}  {c.name}  [{', '.join(c.tags)}]  ({c.plugin})  {c.description}"
                     )
             return 0
+        log = self.log.bind(tags=options["tag"]) if options["tag"] else self.log
         report = self.run(
-            lambda _: verify(self.settings, self.registry, self.log, checks=selected, fail_level=fail_level)
+            lambda _: verify(self.settings, self.registry, log, checks=selected, fail_level=fail_level)
         )
         messages = [
             (o, m)

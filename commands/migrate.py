@@ -62,6 +62,7 @@ class Command(BaseCommand):
                 self._stdout_stream,
                 options["from_revision"],
                 self.registry.migration_contexts(self.settings),
+                log=self.log,
             )
             return 0
         if options["plan"]:

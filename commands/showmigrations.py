@@ -1,16 +1,43 @@
-"""``dbinit showmigrations``: every revision, applied ``[X]`` or pending ``[ ]``."""
+"""``dbinit showmigrations``: every revision, applied ``[X]`` or pending ``[ ]``, with its message."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from dbinit.facts import read_scripts, read_state
 from dbinit.management.base import BaseCommand
+from dbinit.revisions.docs import revision_doc
+
+
+@dataclasses.dataclass(frozen=True)
+class ShownRevision:
+    """One line of the listing (one object of the JSON ``revisions``)."""
+
+    revision: str
+    applied: bool
+    current: bool
+    head: bool
+    down_revisions: tuple[str, ...]
+    #: Alembic's ``doc``: the docstring's first paragraph, the ``-m`` message ("" if none).
+    doc: str | None
+    file: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "down_revisions": list(self.down_revisions)}
+
+    def line(self) -> str:
+        marks = [m for m, on in (("current", self.current), ("head", self.head)) if on]
+        suffix = f"  ({', '.join(marks)})" if marks else ""
+        doc = " ".join((self.doc or "").split())
+        described = "  ".join(part for part in (self.revision, doc, self.file) if part)
+        return f" [{'X' if self.applied else ' '}] {described}{suffix}"
 
 
 class Command(BaseCommand):
     help = (
-        "List every revision in upgrade order: [X] applied, [ ] pending; current and head marked."
+        "List every revision in upgrade order with its message (Alembic's doc) and file: "
+        "[X] applied, [ ] pending; current and head marked."
     )
     has_format = True
 
@@ -20,31 +47,33 @@ class Command(BaseCommand):
         graph = scripts.graph
         current = set(state.versions)
         applied = graph.ancestors(current)
-        order = graph.pending(())
-        rows = [
-            {
-                "revision": rev,
-                "applied": rev in applied,
-                "current": rev in current,
-                "head": rev in graph.heads,
-                "down_revisions": list(graph.revisions[rev].down_revisions),
-                "file": graph.revisions[rev].path.name if graph.revisions[rev].path else None,
-            }
-            for rev in order
-        ]
+        rows = []
+        for rev in graph.pending(()):
+            path = graph.revisions[rev].path
+            rows.append(
+                ShownRevision(
+                    revision=rev,
+                    applied=rev in applied,
+                    current=rev in current,
+                    head=rev in graph.heads,
+                    down_revisions=graph.revisions[rev].down_revisions,
+                    doc=revision_doc(path) if path is not None else None,
+                    file=path.name if path is not None else None,
+                )
+            )
         unknown = sorted(current - set(graph.revisions))
         if options["format"] == "json":
             self.write_json(
-                {"service": self.settings.service, "revisions": rows, "unknown_current": unknown}
+                {
+                    "service": self.settings.service,
+                    "revisions": [row.as_json() for row in rows],
+                    "unknown_current": unknown,
+                }
             )
             return 0
         self.stdout.write(f"{self.settings.service} ({self.settings.url.display_name})")
         for row in rows:
-            marks = [m for m, on in (("current", row["current"]), ("head", row["head"])) if on]
-            suffix = f"  ({', '.join(marks)})" if marks else ""
-            self.stdout.write(
-                f" [{'X' if row['applied'] else ' '}] {row['revision']}  {row['file']}{suffix}"
-            )
+            self.stdout.write(row.line())
         if not rows:
             self.stdout.write(" (no migrations)")
         for rev in unknown:

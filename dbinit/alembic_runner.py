@@ -208,6 +208,8 @@ def upgrade(
     from alembic import util as alembic_util
     from alembic.script import ScriptDirectory
 
+    from dbinit.logbridge import alembic_logging
+
     config = alembic_config(settings, scripts)
     script = ScriptDirectory.from_config(config)
     applied: list[str] = []
@@ -245,7 +247,7 @@ def upgrade(
     # built before Alembic runs: a bad parameter is a configuration error, not a failed migration
     listeners = session_listeners(settings, control, async_driver=env_is_async(scripts))
     try:
-        with entered(contexts), listening(listeners), environment:
+        with alembic_logging(log), entered(contexts), listening(listeners), environment:
             script.run_env()
     except Exception as exc:
         failing = next((r for r in planned if r not in applied), None)
@@ -555,10 +557,18 @@ def offline_sql(
     stdout: TextIO,
     from_revision: str | None,
     contexts: Sequence[PluginContext] = (),
+    log: FilteringBoundLogger | None = None,
 ) -> None:
-    """Print the SQL of ``upgrade heads`` (from ``from_revision`` or the base), inside ``contexts``."""
+    """Print the SQL of ``upgrade heads`` (from ``from_revision`` or the base), inside ``contexts``.
+
+    Only the SQL goes to ``stdout``; Alembic's log lines go where dbinit's
+    own go (``log``; stderr on the command line), as in :func:`upgrade`.
+    """
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
+
+    from dbinit.logbridge import alembic_logging
+    from dbinit.logs import get_logger
 
     config = alembic_config(settings, scripts, stdout=stdout)
     script = ScriptDirectory.from_config(config)
@@ -567,7 +577,7 @@ def offline_sql(
         return script._upgrade_revs("heads", rev)
 
     try:
-        with entered(contexts), environment_context(
+        with alembic_logging(log or get_logger(settings.service)), entered(contexts), environment_context(
             settings, config, script, steps, as_sql=True, starting_rev=from_revision
         ):
             script.run_env()

@@ -7,6 +7,7 @@ that reached a message is replaced by ``***`` before it is written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
@@ -79,6 +80,23 @@ class Redactor:
         return self.text(line) if isinstance(line, str) else line
 
 
+@dataclasses.dataclass(frozen=True)
+class LogOutput:
+    """Where and how :func:`configure_logging` last set structlog to write."""
+
+    json: bool
+    stream: TextIO
+    redactor: Redactor
+
+
+_output: LogOutput | None = None
+
+
+def configured_output() -> LogOutput | None:
+    """What :func:`configure_logging` chose last; None if it never ran (the caller's own logging)."""
+    return _output
+
+
 def configure_logging(
     fmt: str = "auto",
     level: str = "info",
@@ -86,6 +104,7 @@ def configure_logging(
     redactor: Redactor | None = None,
 ) -> None:
     """Configure structlog for dbinit's command line."""
+    global _output
     stream = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
     processors: list[Any] = [
@@ -109,6 +128,7 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _output = LogOutput(json=use_json, stream=stream, redactor=redactor or Redactor())
 
 
 def get_logger(service: str) -> FilteringBoundLogger:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dbinit.checks import CheckOutcome, Status
 
 VERIFIED_MESSAGE = "Database verified successfully - ready for service"
+CHECKED_MESSAGE = "Checks passed (none of them reads the database: it was not verified)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,9 @@ class VerifyReport:
     table_count: int | None
     duration_ms: float
     migrations_source: str = "static"
+    #: False when no selected check needs the database (``check --tag migrations``):
+    #: nothing was read from it, so the report does not say it was verified.
+    database_read: bool = True
 
     @property
     def ok(self) -> bool:
@@ -38,12 +42,14 @@ class VerifyReport:
 
     @property
     def action(self) -> str:
-        return "verified" if self.ok else "failed"
+        if not self.ok:
+            return "failed"
+        return "verified" if self.database_read else "checked"
 
     @property
     def message(self) -> str:
         if self.ok:
-            return VERIFIED_MESSAGE
+            return VERIFIED_MESSAGE if self.database_read else CHECKED_MESSAGE
         first = self.failed[0]
         return f"{first.message} [{first.check.id}]"
 
@@ -71,6 +77,7 @@ class VerifyReport:
             "hint": self.hint,
             "head_revisions": list(self.head_revisions),
             "migrations_source": self.migrations_source,
+            "database_read": self.database_read,
             "duration_ms": round(self.duration_ms, 2),
             "checks": [o.as_dict() for o in self.outcomes],
         }

@@ -46,11 +46,17 @@ async def verify(
     :class:`DatabaseUnreachable` if the database cannot be reached.
     """
     started = time.perf_counter()
-    if not quiet:
-        log.info(
-            "Database verification mode - checking database is ready", database=settings.url.display_name
-        )
     selected = list(registry.checks if checks is None else checks)
+    reads_database = any(c.requires_database for c in selected)
+    ran = [c.id for c in selected]
+    if not quiet:
+        if reads_database:
+            log.info(
+                "Database verification mode - checking database is ready",
+                database=settings.url.display_name,
+            )
+        else:
+            log.info("Running checks that do not read the database", checks=ran)
     if scripts is None:
         scripts = read_scripts(settings)
     if scripts.manifest_note and not quiet:
@@ -63,7 +69,7 @@ async def verify(
             files=list(scripts.unreadable),
         )
     state = None
-    if any(c.requires_database for c in selected):
+    if reads_database:
         if probe is not None:
             state = await probe.read_state(count_tables=not quiet)
         else:
@@ -97,8 +103,18 @@ async def verify(
         table_count=state.table_count if state else None,
         duration_ms=(time.perf_counter() - started) * 1000,
         migrations_source=scripts.source,
+        database_read=reads_database,
     )
-    if report.ok and not quiet:
+    if not quiet:
+        _log_outcome(log, report, ran)
+    if notify:
+        registry.notify("dbinit_verify_finished", report=report)
+    return report
+
+
+def _log_outcome(log: FilteringBoundLogger, report: VerifyReport, ran: list[str]) -> None:
+    """The report's log lines: the database's verification, or only checks when none read it."""
+    if report.ok and report.database_read:
         log.info(
             "Database verification successful",
             database=report.database,
@@ -106,22 +122,23 @@ async def verify(
             current_revision=report.current_revision,
             table_count=report.table_count,
         )
-    elif not report.ok and not quiet:
-        for outcome in report.failed:
-            log.error(
-                "Database verification failed",
-                database=report.database,
-                check=outcome.check.id,
-                name=outcome.check.name,
-                reason=outcome.message,
-                hint=outcome.hint,
-            )
-    if not quiet:
-        log.info("Database verification completed", ok=report.ok, database=report.database,
-                 duration_ms=round(report.duration_ms, 2))
-    if notify:
-        registry.notify("dbinit_verify_finished", report=report)
-    return report
+    elif report.ok:
+        log.info("Checks passed", checks=ran, migration_count=report.migration_count)
+    for outcome in report.failed:
+        log.error(
+            "Database verification failed" if report.database_read else "Check failed",
+            **({"database": report.database} if report.database_read else {}),
+            check=outcome.check.id,
+            name=outcome.check.name,
+            reason=outcome.message,
+            hint=outcome.hint,
+        )
+    log.info(
+        "Database verification completed" if report.database_read else "Checks completed",
+        ok=report.ok,
+        **({"database": report.database} if report.database_read else {}),
+        duration_ms=round(report.duration_ms, 2),
+    )
 
 
 def _failing_check(exc: BaseException, checks: Sequence[Check]) -> Check | None:

@@ -51,10 +51,16 @@ from dbinit.checks import Check, CheckMessage, Error, Facts, Info, Warning, chec
 if TYPE_CHECKING:
     from dbinit.revisions.graph import RevisionGraph
 
-MIGRATE_HINT = (
-    "The migration job has not run or has failed for this release: check its logs "
-    "(kubectl logs job/<service>-migration) or run `dbinit migrate`."
-)
+def migrate_hint(facts: Facts) -> str:
+    """What to do when the migrations have not run, naming this service's migration Job.
+
+    The Job's name is the one k8s/ gives it: the service's name, then
+    ``-migration-`` and the release (one Job per release).
+    """
+    return (
+        "The migration job has not run or has failed for this release: check its logs "
+        f"(kubectl logs job/{facts.settings.service}-migration-<release>) or run `dbinit migrate`."
+    )
 
 
 FIX_ROWS_HINT = (
@@ -111,7 +117,7 @@ def database_not_empty(facts: Facts) -> Iterator[CheckMessage]:
             f"Database is empty (no tables in schema {state.schema!r})"
             + (f"; the version table is read from schema {elsewhere!r}"
                if elsewhere and elsewhere != state.schema else ""),
-            hint=MIGRATE_HINT,
+            hint=migrate_hint(facts),
             id="dbinit.E002",
         )
     else:
@@ -159,7 +165,7 @@ def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
     if not state.versions and not state.invalid_versions:
         yield Error(
             f"Table {table!r} is empty: the database has no current revision",
-            hint=MIGRATE_HINT,
+            hint=migrate_hint(facts),
             id="dbinit.E004",
         )
         return

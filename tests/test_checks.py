@@ -121,6 +121,13 @@ def test_e002_empty_database(project: Path, database: TestDatabase) -> None:
     assert "dbinit.E002: (ERROR) Database is empty" in checked.stdout
     assert "\tHINT: The migration job has not run" in checked.stdout
     assert "System check identified 1 issue (0 silenced)." in checked.stdout
+    # the hint names this service's Job (the example's service_name), not a placeholder
+    assert "(kubectl logs job/orders-migration-<release>)" in checked.stdout
+    assert "<service>" not in checked.output
+    named = run_dbinit("verify", "--format", "json", cwd=project, DATABASE_URL=database.url,
+                       SERVICE_NAME="bakery-orders")
+    assert named.returncode == 4, named.output
+    assert "kubectl logs job/bakery-orders-migration-<release>" in json.loads(named.stdout)["hint"]
 
 
 # -- E003 alembic_table_present --------------------------------------------------------------
@@ -147,6 +154,7 @@ def test_e004_no_revision_recorded_and_garbage_revision(project: Path, database:
     result, report = verify(project, database)
     entry = assert_fails_with(result, report, "dbinit.E004", "migration job")
     assert "'alembic_version' is empty" in entry["message"]
+    assert "kubectl logs job/orders-migration-<release>" in entry["hint"]
     assert report["current_revision"] is None
     assert statuses(report)["dbinit.E005"] == "skipped"
 
@@ -295,6 +303,48 @@ def test_check_tag_migrations_runs_without_the_database(project: Path) -> None:
     document = json.loads(result.stdout)
     assert [c["id"] for c in document["checks"]] == ["dbinit.E001", "dbinit.E006"]
     assert document["table_count"] is None
+    # no database was read: nothing claims it was verified
+    assert (document["action"], document["database_read"]) == ("checked", False)
+    assert "not verified" in document["message"]
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [e["event"] for e in events] == [
+        "Running checks that do not read the database", "Checks passed", "Checks completed"
+    ]
+    assert all(e["tags"] == ["migrations"] for e in events)
+    assert events[1]["checks"] == ["dbinit.E001", "dbinit.E006"]
+    assert "Database verification" not in result.stderr
+
+    text = run_dbinit("check", "--tag", "migrations", cwd=project, DATABASE_URL=UNREACHABLE,
+                      DBINIT_LOG_FORMAT="console")
+    assert text.returncode == 0, text.output
+    assert "System check identified no issues (0 silenced)." in text.stdout
+    assert "Checks passed" in text.stderr
+    assert "Database verification" not in text.output
+
+
+def test_check_without_the_database_reports_a_failure_as_a_check(project: Path) -> None:
+    add_revision(project, "d1ff00000001", HEAD)
+    add_revision(project, "d1ff00000002", HEAD)
+    result = run_dbinit("check", "--tag", "migrations", cwd=project, DATABASE_URL=UNREACHABLE)
+    assert result.returncode == 4, result.output
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    (failed,) = [e for e in events if e["level"] == "error"]
+    assert (failed["event"], failed["check"]) == ("Check failed", "dbinit.E006")
+    assert "Database verification" not in result.stderr
+
+
+def test_check_reading_the_database_still_says_it_verified(
+    project: Path, sqlite_database: TestDatabase
+) -> None:
+    migrate(project, sqlite_database)
+    result = run_dbinit("check", "--tag", "database", "--format", "json", cwd=project,
+                        DATABASE_URL=sqlite_database.url)
+    assert result.returncode == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["action"], document["database_read"]) == ("verified", True)
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert "Database verification successful" in events
+    assert "Checks passed" not in events
 
 
 def test_check_tag_selects_checks_on_a_real_database(project: Path, sqlite_database: TestDatabase) -> None:

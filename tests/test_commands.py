@@ -102,9 +102,45 @@ def test_showmigrations_marks_applied_current_and_head(project: Path, database: 
     assert result.returncode == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("orders (")
-    assert lines[1].startswith(" [X] 374752db316e")
-    assert lines[3].startswith(" [X] 8d3f6b2a9c11") and lines[3].endswith("(current)")
-    assert lines[4].startswith(" [ ] f00dcafe0001") and lines[4].endswith("(head)")
-    data = json.loads(run_dbinit("showmigrations", "--format", "json", cwd=project,
-                                 DATABASE_URL=database.url).stdout)
+    # each revision with its message (the -m of `alembic revision`), then its file
+    assert lines[1] == " [X] 374752db316e  create products  374752db316e_create_products.py"
+    assert lines[2] == " [X] 5c9a1e7b2f40  create orders  5c9a1e7b2f40_create_orders.py"
+    assert lines[3] == " [X] 8d3f6b2a9c11  add order status  8d3f6b2a9c11_add_order_status.py  (current)"
+    assert lines[4] == " [ ] f00dcafe0001  revision f00dcafe0001  f00dcafe0001_revision.py  (head)"
+    shown = run_dbinit("showmigrations", "--format", "json", cwd=project, DATABASE_URL=database.url)
+    assert shown.returncode == 0, shown.output
+    data = json.loads(shown.stdout)
     assert [r["applied"] for r in data["revisions"]] == [True, True, True, False]
+    assert [r["doc"] for r in data["revisions"]] == [
+        "create products", "create orders", "add order status", "revision f00dcafe0001"
+    ]
+    assert data["revisions"][0]["file"] == "374752db316e_create_products.py"
+
+
+def test_showmigrations_doc_is_alembics(project: Path, sqlite_database: TestDatabase) -> None:
+    """The docstring's first paragraph, as Alembic's history shows it; none, or not a docstring."""
+    versions = project / "migrations" / "versions"
+    headers = {
+        "d0c000000001": '"""two lines\nof message\n\nRevision ID: d0c000000001\n"""',
+        "d0c000000002": "# no docstring",
+        "d0c000000003": 'f"""not a docstring"""',
+        "d0c000000004": "# -*- coding: latin-1 -*-\n'''caf\xe9 cr\xe8me'''",
+    }
+    down = "8d3f6b2a9c11"
+    for rev, header in headers.items():
+        body = add_revision(project, rev, down).read_text().split('"""\n', 1)[1]
+        encoding = "latin-1" if "latin-1" in header else "utf-8"
+        (versions / f"{rev}_revision.py").write_text(f"{header}\n{body}", encoding=encoding)
+        down = rev
+    shown = run_dbinit("showmigrations", "--format", "json", cwd=project, DATABASE_URL=sqlite_database.url)
+    assert shown.returncode == 0, shown.output
+    docs = {r["revision"]: r["doc"] for r in json.loads(shown.stdout)["revisions"]}
+    assert docs["d0c000000001"] == "two lines\nof message"
+    assert docs["d0c000000002"] == ""
+    assert docs["d0c000000003"] == ""
+    assert docs["d0c000000004"] == "caf\xe9 cr\xe8me"
+    text = run_dbinit("showmigrations", cwd=project, DATABASE_URL=sqlite_database.url)
+    assert text.returncode == 0, text.output
+    lines = text.stdout.splitlines()
+    assert " [ ] d0c000000001  two lines of message  d0c000000001_revision.py" in lines
+    assert " [ ] d0c000000002  d0c000000002_revision.py" in lines

@@ -57,6 +57,8 @@ def test_verify_imports_neither_sqlalchemy_nor_alembic_nor_migrations(
         m for m in modules if m.split(".")[0] in ("sqlalchemy", "alembic", "mako", "aiosqlite")
     ]
     assert forbidden == []
+    # nor the bridge that routes Alembic's stdlib logging into dbinit's lines
+    assert [m for m in modules if m in ("logging.config", "dbinit.logbridge")] == []
     # Alembic loads env.py and revision files as modules named like "env_py"
     migration_modules = [m for m in modules if m.endswith("_py") or "374752db316e" in m]
     assert migration_modules == []
