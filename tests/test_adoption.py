@@ -45,6 +45,10 @@ def test_the_job_migrates_and_the_service_verifies(fullstack: FullStack, pg_data
     assert document["applied"] == [HEAD]
     assert document["database"] == pg_database.parsed.display_name
     assert pg_database.versions() == {HEAD}
+    # one log stream: env.py's fileConfig(alembic.ini) lines arrive as JSON events too
+    lines = events(migrated)
+    assert any(e.get("logger") == "alembic.runtime.migration" and "Running upgrade" in e["event"]
+               for e in lines), migrated.stderr
 
     # the service: ENVIRONMENT=local is the app's own value, and starts
     verified = job(fullstack, "verify", "--format", "json")
