@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dbinit.after_migrate import check_step
 from dbinit.alembic_runner import offline_sql
 from dbinit.errors import ConfigurationError
 from dbinit.facts import read_scripts
@@ -15,7 +16,8 @@ from dbinit.migrate import migrate, plan, select_strategy
 class Command(BaseCommand):
     help = (
         "Bring the database to the head(s) of this image's migrations, under the migration "
-        "lock, then verify. Only the migration job runs this. --plan shows what would run; "
+        "lock, then verify, then run DBINIT_AFTER_MIGRATE (if set) while still holding the lock. "
+        "Only the migration job runs this. --plan shows what would run; "
         "--sql prints the SQL without touching the database."
     )
     has_format = True
@@ -67,6 +69,7 @@ class Command(BaseCommand):
             return 0
         if options["plan"]:
             select_strategy(self.settings, self.registry, options["strategy"])
+            check_step(self.settings)
             result = self.run(lambda _: plan(self.settings))
             if options["format"] == "json":
                 self.write_json(
@@ -74,14 +77,23 @@ class Command(BaseCommand):
                         "current": list(result.current),
                         "heads": list(result.heads),
                         "pending": list(result.pending),
+                        "after_migrate": result.after_migrate,
                     }
                 )
-            elif result.pending:
+                return 0
+            if result.pending:
                 self.stdout.write(f"{len(result.pending)} migration(s) would run:")
                 for revision in result.pending:
                     self.stdout.write(f"  {revision}")
-            else:
+            elif result.after_migrate is None:
                 self.stdout.write("Nothing to do: the database is at head.")
+            else:
+                self.stdout.write("No migration to run: the database is at head.")
+            if result.after_migrate is not None:
+                self.stdout.write(
+                    f"Then the after-migrate step (DBINIT_AFTER_MIGRATE), under the migration lock: "
+                    f"{result.after_migrate}"
+                )
             return 0
         outcome = self.run(
             lambda control: migrate(
@@ -97,4 +109,9 @@ class Command(BaseCommand):
                 f"current_revision={outcome.verification.current_revision}, "
                 f"{outcome.duration_ms:.0f} ms)"
             )
+            if outcome.after_migrate is not None:
+                self.stdout.write(
+                    f"after-migrate step: {outcome.after_migrate.command} finished "
+                    f"({outcome.after_migrate.duration_ms / 1000:.2f} s)"
+                )
         return 0

@@ -82,6 +82,31 @@ POLL_SECONDS = 0.05
 OUTPUT_DRAIN_SECONDS = 2.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Child:
+    """Which child process this is: the setting naming it and the noun its messages use.
+
+    The ``command`` strategy's migrator and the after-migrate step
+    (:mod:`dbinit.after_migrate`) share this module's machinery; only their
+    names differ.
+    """
+
+    setting: str
+    noun: str
+
+    @property
+    def title(self) -> str:
+        return self.noun[:1].upper() + self.noun[1:]
+
+    @property
+    def output_event(self) -> str:
+        """The log event of each line of its output."""
+        return f"{self.title} output"
+
+
+MIGRATOR = Child(SETTING, "migration command")
+
+
 # -- the command line -----------------------------------------------------------------
 
 
@@ -94,13 +119,21 @@ def command_line(settings: Settings) -> list[str]:
             hint=f'Set e.g. {SETTING}="flask --app app db upgrade" (split like a shell does, run '
             "without one)",
         )
+    return split_words(text, SETTING)
+
+
+def split_words(text: str, setting: str) -> list[str]:
+    """A command line split like a POSIX shell does (never run by one); exit 2 if it cannot be."""
     try:
         argv = shlex.split(text)
     except ValueError as exc:
         raise ConfigurationError(
-            f"{SETTING} cannot be split into words: {exc}",
+            f"{setting} cannot be split into words: {exc}",
             hint="Quote as in a POSIX shell; it is split with shlex, never run by a shell",
         ) from None
+    if not argv:
+        raise ConfigurationError(f"{setting} holds no command", hint=f"Set {setting} to a command line, "
+                                 "or unset it")
     return argv
 
 
@@ -110,14 +143,14 @@ def shown(argv: Sequence[str], redactor: Redactor) -> str:
     return text if len(text) <= 300 else text[:300] + "…"
 
 
-def resolve(argv: Sequence[str], path: str | None, redactor: Redactor) -> str:
+def resolve(argv: Sequence[str], path: str | None, redactor: Redactor, child: Child = MIGRATOR) -> str:
     """The executable ``argv[0]`` names (looked up on ``path`` without a slash in it).
 
     Raises :class:`ConfigurationError` (exit 2: nothing ran) if it is not
     found, not a file, or not executable.
     """
     name = argv[0]
-    what = f"{SETTING}: the command {redactor.text(name)!r}"
+    what = f"{child.setting}: the command {redactor.text(name)!r}"
     if os.sep in name or (os.altsep and os.altsep in name):
         candidate = Path(name)
         if not candidate.exists():
@@ -150,7 +183,7 @@ def resolve(argv: Sequence[str], path: str | None, redactor: Redactor) -> str:
 
 def check_command(settings: Settings) -> None:
     """The strategy's ``check``: the command line splits and names an executable (before the lock)."""
-    redactor = _redactor(settings)
+    redactor = redactor_for(settings)
     resolve(command_line(settings), os.environ.get("PATH", os.defpath), redactor)
 
 
@@ -192,7 +225,7 @@ def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _redactor(settings: Settings) -> Redactor:
+def redactor_for(settings: Settings) -> Redactor:
     url = settings.url
     return Redactor([url.password, url.params.get("sslpassword")] if not url.is_sqlite else [])
 
@@ -223,7 +256,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def spawn(
-    executable: str, argv: Sequence[str], env: dict[str, str], redactor: Redactor
+    executable: str, argv: Sequence[str], env: dict[str, str], redactor: Redactor, child: Child = MIGRATOR
 ) -> subprocess.Popen[bytes]:
     """Start the child in a session (and process group) of its own, its output on pipes."""
     try:
@@ -240,7 +273,7 @@ def spawn(
     except (OSError, ValueError) as exc:  # not found, not executable, a bad #! line, a NUL...
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigurationError(
-            f"{SETTING}: the command {redactor.text(argv[0])!r} cannot be started: {reason}",
+            f"{child.setting}: the command {redactor.text(argv[0])!r} cannot be started: {reason}",
             hint="Nothing ran. Check the command and, for a script, its #! line",
         ) from None
 
@@ -251,6 +284,7 @@ class Output:
 
     log: FilteringBoundLogger
     redactor: Redactor
+    event: str = MIGRATOR.output_event
     tail: collections.deque[str] = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=TAIL_LINES)
     )
@@ -270,7 +304,7 @@ class Output:
                 line = self.redactor.text(raw.decode("utf-8", "replace").rstrip("\r\n"))
                 with self._lock:
                     self.tail.append(line)
-                self.log.info("Migration command output", stream=name, line=line)
+                self.log.info(self.event, stream=name, line=line)
 
     def drain(self, within: float) -> bool:
         """Wait for both streams to end; False if one is still open (a process outlives the child)."""
@@ -322,18 +356,22 @@ def _exited(process: subprocess.Popen[bytes]) -> bool:
     return process.poll() is not None  # macOS: no waitid
 
 
-def _signal_group(pgid: int, signum: int, log: FilteringBoundLogger) -> None:
+def _signal_group(pgid: int, signum: int, log: FilteringBoundLogger, child: Child = MIGRATOR) -> None:
     try:
         os.killpg(pgid, signum)
     except ProcessLookupError:
         pass  # nothing of the group is left: nothing to signal
     except PermissionError as exc:  # a member changed its user: say so, do not hide it
-        log.warning("Cannot signal the migration command's process group", signal=_signal_name(signum),
+        log.warning(f"Cannot signal the {child.noun}'s process group", signal=_signal_name(signum),
                     reason=str(exc))
 
 
 def supervise(
-    process: subprocess.Popen[bytes], control: RunControl, grace: float, log: FilteringBoundLogger
+    process: subprocess.Popen[bytes],
+    control: RunControl,
+    grace: float,
+    log: FilteringBoundLogger,
+    child: Child = MIGRATOR,
 ) -> Ending:
     """Wait for the child; on a stop request forward the signal, then SIGKILL after ``grace``.
 
@@ -346,27 +384,27 @@ def supervise(
     signalled_at: float | None = None
     while not _exited(process):
         if control.lost is not None and not ending.killed:
-            _signal_group(pgid, signal.SIGKILL, log)
+            _signal_group(pgid, signal.SIGKILL, log, child)
             ending.killed = "was killed at once: the migration lock was lost"
-            log.warning("Migration lock lost: migration command killed", reason=control.lost)
+            log.warning(f"Migration lock lost: {child.noun} killed", reason=control.lost)
         elif control.stopping and ending.signalled is None and not ending.killed:
             ending.signalled = control.signum or signal.SIGTERM
             signalled_at = time.monotonic()
-            _signal_group(pgid, ending.signalled, log)
-            log.warning("Stop requested: signal forwarded to the migration command",
+            _signal_group(pgid, ending.signalled, log, child)
+            log.warning(f"Stop requested: signal forwarded to the {child.noun}",
                         signal=_signal_name(ending.signalled), grace_s=grace)
         elif signalled_at is not None and not ending.killed and time.monotonic() - signalled_at >= grace:
-            _signal_group(pgid, signal.SIGKILL, log)
+            _signal_group(pgid, signal.SIGKILL, log, child)
             ending.killed = (
                 f"was killed: still running {grace:g}s after the {_signal_name(ending.signalled or 15)} "
                 "forwarded to it (DBINIT_MIGRATE_COMMAND_GRACE)"
             )
-            log.warning("Migration command did not stop within the grace period: killed", grace_s=grace)
+            log.warning(f"{child.title} did not stop within the grace period: killed", grace_s=grace)
         if control.stopping:
             time.sleep(POLL_SECONDS)
         else:
             control.stop.wait(POLL_SECONDS)
-    _signal_group(pgid, signal.SIGKILL, log)  # leftovers of the group; the zombie child is not hurt
+    _signal_group(pgid, signal.SIGKILL, log, child)  # leftovers of the group; the zombie child is not hurt
     ending.returncode = process.wait()
     return ending
 
@@ -394,7 +432,7 @@ def run_command(context: StrategyContext, argv: Sequence[str] | None = None) -> 
     """
     settings, scripts, log = context.settings, context.scripts, context.log
     control = context.control or RunControl()
-    redactor = _redactor(settings)
+    redactor = redactor_for(settings)
     words = list(argv) if argv is not None else command_line(settings)
     env = child_environment(settings, control, context.state.server_version)
     executable = resolve(words, env.get("PATH", os.defpath), redactor)
@@ -423,7 +461,7 @@ def run_command(context: StrategyContext, argv: Sequence[str] | None = None) -> 
         # a stop that came too late to cut the command short: it finished, the run succeeded
         if not control.stopping or not scripts.graph.pending(after):
             return _succeeded(settings, scripts, log, command, before, after, pending, seconds)
-    _end_leftover_sessions(settings, control, log)
+    end_leftover_sessions(settings, control, log)
     unread = ""
     if after is None:
         after, unread = _versions_after_failure(settings)
@@ -512,7 +550,9 @@ def _failed(
     return MigrationFailed(message, revision=next_revision, hint=hint)
 
 
-def _end_leftover_sessions(settings: Settings, control: RunControl, log: FilteringBoundLogger) -> None:
+def end_leftover_sessions(
+    settings: Settings, control: RunControl, log: FilteringBoundLogger, child: Child = MIGRATOR
+) -> None:
     """Terminate what is left of the child's sessions on the server (found by ``PGAPPNAME``).
 
     The child is gone: a session still carrying its tag is an orphan (its
@@ -529,9 +569,9 @@ def _end_leftover_sessions(settings: Settings, control: RunControl, log: Filteri
     try:
         ended = asyncio.run(end_sessions(settings, control.session_tag))
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        log.warning("Cannot end the migration command's leftover sessions",
+        log.warning(f"Cannot end the {child.noun}'s leftover sessions",
                     reason=f"{type(exc).__name__}: {exc}")
         return
     if ended:
-        log.warning("Ended the migration command's leftover database sessions", sessions=ended)
+        log.warning(f"Ended the {child.noun}'s leftover database sessions", sessions=ended)
 

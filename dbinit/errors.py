@@ -106,6 +106,15 @@ class MigrationFailed(DbinitError):
         self.revision = revision
 
 
+class AfterMigrateFailed(MigrationFailed):
+    """The after-migrate step (``DBINIT_AFTER_MIGRATE``) failed; the migrations stay applied.
+
+    Exit code 5, as a failed migration: the Job retries it (``backoffLimit``),
+    and the retry finds the database up to date and runs the step again,
+    which is why the step must be idempotent.
+    """
+
+
 class LockTimeout(DbinitError):
     """Another process held the migration lock for longer than the lock timeout."""
 

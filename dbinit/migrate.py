@@ -7,6 +7,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from dbinit.after_migrate import check_step, run_step, step_shown, step_words
 from dbinit.checks import quoted
 from dbinit.database import describe_connect_error
 from dbinit.errors import (
@@ -21,7 +22,7 @@ from dbinit.facts import read_scripts, read_state
 from dbinit.identity import IDENTITY_COLUMNS, DatabaseIdentity, PostgresIdentity, SqliteIdentity
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
-from dbinit.report import MigratePlan, MigrateResult, VerifyReport
+from dbinit.report import AfterMigrateStep, MigratePlan, MigrateResult, VerifyReport
 from dbinit.strategies import Strategy, StrategyContext
 from dbinit.verify import verify
 
@@ -89,7 +90,9 @@ async def plan(settings: Settings) -> MigratePlan:
             f"the database is at revision {', '.join(map(_shown, unknown))}, unknown to these migrations",
             hint="Run the image whose migrations contain it",
         )
-    return MigratePlan(state.versions, scripts.heads, tuple(scripts.graph.pending(state.versions)))
+    return MigratePlan(
+        state.versions, scripts.heads, tuple(scripts.graph.pending(state.versions)), step_shown(settings)
+    )
 
 
 async def migrate(
@@ -118,6 +121,7 @@ async def _migrate(
 ) -> MigrateResult:
     started = time.perf_counter()
     strategy = select_strategy(settings, registry, strategy_name)
+    check_step(settings)  # an unusable DBINIT_AFTER_MIGRATE is exit 2 before the lock, not after migrating
     if not settings.url.is_sqlite:
         settings.url.require_writable("migrate")
     scripts = read_scripts(settings)
@@ -158,7 +162,10 @@ async def _migrate(
                 f"migrations ran but the database does not verify: {report.message}",
                 hint=report.hint,
             )
-        result = _finished(settings, registry, strategy, applied, report, started)
+        step = None
+        if step_words(settings) is not None:
+            step = await _after_migrate(settings, log, control, held, state.server_version, applied, report)
+        result = _finished(settings, registry, strategy, applied, report, started, step)
     if applied:
         log.info(
             "Migrations applied successfully",
@@ -258,6 +265,9 @@ async def _ahead_of_image(
         )
     log.warning("Database ahead of this release: nothing to migrate", current=[_shown(v) for v in ahead],
                 heads=list(scripts.heads))
+    if step_words(settings) is not None:
+        log.warning("Database ahead of this release: the after-migrate step is not run (the newer "
+                    "release's job runs its own)", command=step_shown(settings))
     return _finished(settings, registry, strategy, (), report, started)
 
 
@@ -268,6 +278,7 @@ def _finished(
     applied: tuple[str, ...],
     report: VerifyReport,
     started: float,
+    step: AfterMigrateStep | None = None,
 ) -> MigrateResult:
     """The result of a run, announced to plugins (the lock is still held)."""
     result = MigrateResult(
@@ -277,9 +288,38 @@ def _finished(
         applied=applied,
         verification=report,
         duration_ms=(time.perf_counter() - started) * 1000,
+        after_migrate=step,
     )
     registry.notify("dbinit_migrate_finished", result=result)
     return result
+
+
+async def _after_migrate(
+    settings: Settings,
+    log: FilteringBoundLogger,
+    control: RunControl,
+    held: HeldLock,
+    server_version: str,
+    applied: tuple[str, ...],
+    report: VerifyReport,
+) -> AfterMigrateStep:
+    """Run ``DBINIT_AFTER_MIGRATE`` in a thread, stopped as a migration is.
+
+    See :mod:`dbinit.after_migrate`.
+    """
+    worker = asyncio.ensure_future(
+        asyncio.to_thread(
+            run_step, settings, log, control, server_version,
+            applied=applied, current_revision=report.current_revision,
+        )
+    )  # fmt: skip
+    canceller = asyncio.ensure_future(
+        _stop_when_asked(control, held, worker, settings, log, what="after-migrate step")
+    )
+    try:
+        return await asyncio.shield(worker)
+    finally:
+        canceller.cancel()
 
 
 async def _stop_when_asked(
@@ -288,8 +328,9 @@ async def _stop_when_asked(
     worker: asyncio.Future[object],
     settings: Settings,
     log: FilteringBoundLogger,
+    what: str = "migration",
 ) -> None:
-    """Once the run must stop, stop the migration's work on the server.
+    """Once the run must stop, stop the migration's (or the after-migrate step's) work on the server.
 
     A signal: cancel the running statement (through the lock's connection).
     A lost lock: end the migration's sessions (from a new connection: the
@@ -297,16 +338,20 @@ async def _stop_when_asked(
     """
     await control.wait()
     if control.lost is None:
-        await _cancel_running_statement(control, held, worker, log)
+        await _cancel_running_statement(control, held, worker, log, what)
     if control.lost is not None and not worker.done():  # maybe lost while cancelling
         await _end_migration_sessions(control, worker, settings, log)
 
 
 async def _cancel_running_statement(
-    control: RunControl, held: HeldLock, worker: asyncio.Future[object], log: FilteringBoundLogger
+    control: RunControl,
+    held: HeldLock,
+    worker: asyncio.Future[object],
+    log: FilteringBoundLogger,
+    what: str = "migration",
 ) -> None:
     """Until the migration stopped (or the lock, whose connection this uses, is lost)."""
-    log.warning("Stop requested: cancelling the running migration statement",
+    log.warning(f"Stop requested: cancelling the running {what} statement",
                 signal=signal.Signals(control.signum or signal.SIGTERM).name)
     while not worker.done() and control.lost is None:
         await held.cancel_sessions(control.session_tag)

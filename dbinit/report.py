@@ -84,6 +84,18 @@ class VerifyReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class AfterMigrateStep:
+    """The after-migrate step (``DBINIT_AFTER_MIGRATE``) that ran to success."""
+
+    #: the command line, quoted as a shell would and redacted
+    command: str
+    duration_ms: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"command": self.command, "ok": True, "duration_ms": round(self.duration_ms, 2)}
+
+
+@dataclasses.dataclass(frozen=True)
 class MigrateResult:
     """The outcome of ``migrate``."""
 
@@ -93,6 +105,8 @@ class MigrateResult:
     applied: tuple[str, ...]
     verification: VerifyReport
     duration_ms: float
+    #: the after-migrate step, when one ran (None: none is set, or the database was ahead)
+    after_migrate: AfterMigrateStep | None = None
 
     @property
     def action(self) -> str:
@@ -123,6 +137,7 @@ class MigrateResult:
             "table_count": self.verification.table_count,
             "duration_ms": round(self.duration_ms, 2),
             "checks": verification["checks"],
+            "after_migrate": self.after_migrate.to_json() if self.after_migrate is not None else None,
         }
 
 
@@ -133,3 +148,6 @@ class MigratePlan:
     current: tuple[str, ...]
     heads: tuple[str, ...]
     pending: Sequence[str]
+    #: the after-migrate step's command line (redacted), run after the upgrade and also
+    #: when nothing is pending; None when DBINIT_AFTER_MIGRATE is not set
+    after_migrate: str | None = None

@@ -108,8 +108,12 @@ class Settings(BaseSettings):
     strategy: Name = "upgrade"
     #: The ``command`` strategy's command line (split like a shell does, never run by one).
     migrate_command: str | None = None
-    #: The ``command`` strategy: seconds between forwarding SIGTERM/SIGINT and SIGKILL.
+    #: The ``command`` strategy and the after-migrate step: seconds between forwarding
+    #: SIGTERM/SIGINT and SIGKILL.
     migrate_command_grace: Seconds = 10.0
+    #: A command line ``migrate`` runs after the migration verified, under the lock
+    #: (seed data; split like a shell does, never run by one). See dbinit.after_migrate.
+    after_migrate: str | None = None
     db_schema: Name | None = Field(
         None, validation_alias=AliasChoices("DBINIT_SCHEMA", "schema", "db_schema")
     )

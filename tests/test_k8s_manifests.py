@@ -51,10 +51,47 @@ KUBERNETES_VERSIONS = ("1.34.0", "1.37.0")
 #: dbinit's exit codes that no retry can fix: the Job must fail at once.
 NON_RETRYABLE = {int(ExitCode.USAGE_ERROR), int(ExitCode.REFUSED)}
 
-OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+COMMITTED = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+#: An overlay `dbinit k8s` writes into each copy of k8s/ for a service that is not the example
+#: (another image, app, working directory, alembic.ini, its own Secret, a seed step); every
+#: render, validation, scan and policy below runs on it as on the committed overlays.
+SCAFFOLDED = "orders"
+SCAFFOLD_ARGS = (
+    "--name", "orders", "--image", "ghcr.io/acme/orders:1.4.2", "--app", "app.main:app",
+    "--workdir", "/srv/orders", "--alembic-ini", "db/alembic.ini", "--secret", "orders-app",
+    "--after-migrate", "python app/initial_data.py", "--namespace", "shop", "--replicas", "3",
+)  # fmt: skip
+OVERLAYS = [*COMMITTED, SCAFFOLDED]
 POD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet", "ReplicaSet", "CronJob", "Pod"}
 PLACEHOLDER_PASSWORD = "CHANGE-ME"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What an overlay must render: its service, image, app and where the app lives."""
+
+    name: str
+    image: str  # the repository, without the tag
+    app: str
+    workdir: str
+    alembic_ini: str
+    environment: str
+    secret: str | None = None  # the app's own Secret, given whole (envFrom)
+    after_migrate: str | None = None
+
+
+BAKERY = {"name": "bakery-orders", "image": "ghcr.io/example/bakery-orders", "app": "app:app",
+          "workdir": "/app", "alembic_ini": "/app/alembic.ini"}  # fmt: skip
+EXPECTED = {
+    "development": Expected(**BAKERY, environment="development"),
+    "production": Expected(**BAKERY, environment="production"),
+    SCAFFOLDED: Expected(
+        name="orders", image="ghcr.io/acme/orders", app="app.main:app", workdir="/srv/orders",
+        alembic_ini="/srv/orders/db/alembic.ini", environment="production", secret="orders-app",
+        after_migrate="python app/initial_data.py",
+    ),
+}  # fmt: skip
 
 
 # -- the tools ---------------------------------------------------------------------
@@ -188,14 +225,31 @@ class Rendered:
     def config(self) -> dict[str, str]:
         return self.one("ConfigMap")["data"]
 
+    @property
+    def expected(self) -> Expected:
+        return EXPECTED[self.overlay]
+
+
+def scaffold(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m dbinit k8s ARGS`` in ``cwd``, as a user runs it (no dbinit setting in its env)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBINIT_", "DATABASE_URL"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, "-m", "dbinit", "k8s", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
 
 def _copy_k8s(dest: Path) -> Path:
-    """A copy of k8s/ whose database.env files come from the committed examples.
+    """A copy of k8s/ with the scaffolded overlay, whose database.env files come from the examples.
 
     A developer's real database.env never reaches a test's output.
     """
     tree = dest / "k8s"
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns(".cache", "database.env"))
+    shutil.rmtree(tree / "overlays" / SCAFFOLDED, ignore_errors=True)
+    made = scaffold(dest, *SCAFFOLD_ARGS)
+    assert made.returncode == 0, made.stdout + made.stderr
     for example in tree.glob("overlays/*/*.env.example"):
         example.with_name(example.name.removesuffix(".example")).write_text(example.read_text())
     return tree
@@ -285,7 +339,7 @@ def test_every_overlay_renders_the_whole_service(rendered: Rendered) -> None:
         *(np["spec"]["podSelector"]["matchLabels"] for np in rendered.of_kind("NetworkPolicy")),
     ]
     for selector in selectors:
-        assert selector.get("app.kubernetes.io/name") == "bakery-orders", selector
+        assert selector.get("app.kubernetes.io/name") == rendered.expected.name, selector
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -336,9 +390,10 @@ def test_checkov_skip_list_is_short_and_justified() -> None:
         assert lines[i - 1].strip().startswith("#"), f"no reason above {lines[i].strip()}"
 
 
-def test_yamllint_on_the_source_yaml(tools: Tools) -> None:
+def test_yamllint_on_the_source_yaml(tools: Tools, k8s_copy: Path) -> None:
     sources = {p for p in K8S.rglob("*.yaml") if ".cache" not in p.parts}
-    files = sorted(sources | {YAMLLINT_CONFIG, CHECKOV_CONFIG})
+    written = k8s_copy / "overlays" / SCAFFOLDED / "kustomization.yaml"  # what users commit
+    files = sorted(sources | {YAMLLINT_CONFIG, CHECKOV_CONFIG, written})
     assert len(files) >= 8
     tools.run("yamllint", "--strict", "--config-file", YAMLLINT_CONFIG, *files)
 
@@ -431,7 +486,13 @@ def test_database_url_only_from_a_secret(rendered: Rendered) -> None:
         assert ref["name"] in secrets, f"{where}: Secret {ref['name']} is not rendered"
         assert ref["key"] in secrets[ref["name"]]["data"], where
         for source in container.get("envFrom", []):
-            assert "secretRef" not in source, f"{where}: whole Secret in envFrom"
+            if "secretRef" in source:
+                # Only the app's own Secret (the overlay's choice), only where the app's code runs;
+                # `env` (DATABASE_URL above) wins over anything envFrom brings.
+                assert source["secretRef"]["name"] == rendered.expected.secret, f"{where}: {source}"
+                assert where.rsplit("/", 1)[1] in {"migrate", "app"}, f"{where}: whole Secret in envFrom"
+                assert source["secretRef"].get("optional") is not True, where
+                continue
             assert source["configMapRef"]["name"] in configmaps, where
         for other in container.get("env", []):
             ref_cm = other.get("valueFrom", {}).get("configMapKeyRef")
@@ -449,10 +510,11 @@ def test_database_url_never_on_a_command_line(rendered: Rendered) -> None:
 
 def test_settings_per_environment(rendered: Rendered) -> None:
     config = rendered.config()
-    assert config["ENVIRONMENT"] in {"development", "test", "staging", "production"}
-    assert config["SERVICE_NAME"] == "bakery-orders"
+    assert config["ENVIRONMENT"] == rendered.expected.environment
+    assert config["SERVICE_NAME"] == rendered.expected.name
     assert config["DB_FORCE_RECREATE"] in {"true", "false"}
-    if rendered.overlay == "production":
+    assert config.get("DBINIT_AFTER_MIGRATE") == rendered.expected.after_migrate
+    if rendered.expected.environment == "production":
         assert config["ENVIRONMENT"] == "production"
         assert config["DB_FORCE_RECREATE"] == "false"
         assert config.get("DBINIT_ALLOW_DESTRUCTIVE", "false") == "false"
@@ -504,8 +566,9 @@ def test_deployment_waits_then_serves_with_probes_in_budget(rendered: Rendered) 
     assert argv[:3] == ["dbinit", "wait", "--until-verified"], argv
     assert float(_flag(argv, "--timeout") or 0) > 0
     (app,) = pod["containers"]
-    assert _argv(app)[:2] == ["uvicorn", "app:app"]
+    assert _argv(app)[:2] == ["uvicorn", rendered.expected.app]
     assert _flag(_argv(app), "--port") == str(app["ports"][0]["containerPort"])
+    assert _flag(_argv(app), "--workers") in (None, "1")  # one per pod: scale with replicas
 
     def path(probe: str) -> str:
         return app[probe]["httpGet"]["path"]
@@ -527,7 +590,15 @@ def test_job_and_service_run_the_same_release_image(rendered: Rendered) -> None:
     images = {c["image"] for _, _, c in _all_containers(rendered)}
     assert len(images) == 1, images
     (image,) = images
-    assert re.fullmatch(r"ghcr\.io/example/bakery-orders:[\w][\w.-]*", image), image
+    assert re.fullmatch(rf"{re.escape(rendered.expected.image)}:[\w][\w.-]*", image), image
+
+
+def test_every_container_runs_where_the_app_lives(rendered: Rendered) -> None:
+    """The working directory of every container and DBINIT_ALEMBIC_INI are the app's layout (for
+    the scaffolded overlay: its --workdir and --alembic-ini, not the example's /app)."""
+    for where, _, container in _all_containers(rendered):
+        assert container["workingDir"] == rendered.expected.workdir, where
+    assert rendered.config()["DBINIT_ALEMBIC_INI"] == rendered.expected.alembic_ini
 
 
 # -- one Job per release ---------------------------------------------------------
@@ -550,13 +621,14 @@ def _bump_release(overlay: Path, new: str) -> None:
     path.write_text(text)
 
 
+@pytest.mark.parametrize("name", ["production", SCAFFOLDED])
 def test_a_new_release_applies_a_new_job_and_changes_nothing_else(
-    tools: Tools, rendered_all: dict[str, Rendered], tmp_path: Path
+    tools: Tools, rendered_all: dict[str, Rendered], tmp_path: Path, name: str
 ) -> None:
     tree = _copy_k8s(tmp_path)
-    overlay = tree / "overlays" / "production"
+    overlay = tree / "overlays" / name
     _bump_release(overlay, "9-9-9")
-    before = rendered_all["production"]
+    before = rendered_all[name]
     after = _render(tools, overlay, tmp_path / "next.yaml")
     (old_job,), (new_job,) = before.of_kind("Job"), after.of_kind("Job")
     assert new_job["metadata"]["name"] != old_job["metadata"]["name"]
@@ -583,7 +655,7 @@ def _secret_files(overlay: Path) -> list[str]:
     return re.findall(r"^\s+-\s+(\S+\.env)\s*$", block, re.MULTILINE)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", COMMITTED)
 def test_database_env_is_untracked_and_only_an_example_is_committed(overlay: str) -> None:
     directory = K8S / "overlays" / overlay
     files = _secret_files(directory)
@@ -618,3 +690,63 @@ def test_readme_documents_every_exit_code() -> None:
     readme = (K8S / "README.md").read_text()
     for code in ExitCode:
         assert re.search(rf"^\|\s*{int(code)}\s*\|", readme, re.MULTILINE), f"exit {int(code)}"
+
+
+# -- the base alone, and what `dbinit k8s` writes ------------------------------------
+
+
+def test_the_base_renders_and_validates_on_its_own(
+    tools: Tools, k8s_copy: Path, tmp_path: Path, rendered_all: dict[str, Rendered]
+) -> None:
+    """No overlay: the base is a valid kustomization with the example's layout as defaults and
+    the placeholder image `app-image`, which every overlay's `images:` replaces."""
+    base = _render(tools, k8s_copy / "base", tmp_path / "base.yaml")
+    proc = tools.run("kubernetes-validate", "--strict", "--kubernetes-version", KUBERNETES_VERSIONS[0],
+                     base.path, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {c["image"] for _, _, c in _all_containers(base)} == {"app-image"}
+    assert {c["workingDir"] for _, _, c in _all_containers(base)} == {"/app"}
+    for r in rendered_all.values():
+        assert not [c for _, _, c in _all_containers(r) if c["image"].startswith("app-image")], r.overlay
+
+
+def test_the_scaffolded_overlay_round_trips_every_value(tools: Tools, tmp_path: Path) -> None:
+    """Values kustomize would mangle survive: an after-migrate step in matching quotes (kustomize
+    strips one pair from a literal), a digest-pinned image with its own --release, a remote base
+    written as given (not rendered: offline)."""
+    tree = _copy_k8s(tmp_path)
+    step = "'sh' -c 'python seed.py && python warm.py'"
+    digest = "sha256:" + "ab" * 32
+    made = scaffold(
+        tmp_path, "--name", "kitchen", "--image", f"registry.example:5000/food/kitchen@{digest}",
+        "--release", "3f9c2ab", "--app", "kitchen.asgi:application", "--after-migrate", step,
+        "--environment", "staging",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    overlay = tree / "overlays" / "kitchen"
+    (overlay / "database.env").write_text((overlay / "database.env.example").read_text())
+    r = _render(tools, overlay, tmp_path / "kitchen.yaml")
+    assert r.config()["DBINIT_AFTER_MIGRATE"] == step
+    assert r.config()["ENVIRONMENT"] == "staging"
+    assert {c["image"] for _, _, c in _all_containers(r)} == {f"registry.example:5000/food/kitchen@{digest}"}
+    assert r.one("Job")["metadata"]["name"] == "kitchen-migration-3f9c2ab"
+    (app,) = _pod_spec(r.one("Deployment"))["containers"]
+    assert _argv(app)[:2] == ["uvicorn", "kitchen.asgi:application"]
+    assert not [c for _, _, c in _all_containers(r) for s in c.get("envFrom", []) if "secretRef" in s]
+
+    remote = "https://github.com/OWNER/dbinit//k8s/base?ref=v0.1.0"
+    made = scaffold(tmp_path, "--name", "far", "--image", "ghcr.io/acme/far:2.0.0", "--app", "far:app",
+                    "--base", remote, "--output", "elsewhere/far")  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    text = (tmp_path / "elsewhere" / "far" / "kustomization.yaml").read_text()
+    assert f'resources:\n  - "{remote}"\n' in text
+    assert (tmp_path / "elsewhere" / "far" / ".gitignore").read_text().splitlines()[-1] == "database.env"
+
+
+def test_the_scaffolds_default_folder_keeps_database_env_out_of_git() -> None:
+    """`dbinit k8s --name X` writes k8s/overlays/X/: the repository's k8s/.gitignore already
+    ignores its database.env, and the overlay's own .gitignore does wherever it is written."""
+    target = K8S / "overlays" / "some-service" / "database.env"
+    ignored = subprocess.run(["git", "check-ignore", "--quiet", "--no-index", str(target)], cwd=REPO,
+                             check=False)  # fmt: skip
+    assert ignored.returncode == 0

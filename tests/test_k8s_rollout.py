@@ -120,7 +120,7 @@ def previous_release(project: Path, tmp_path: Path) -> Path:
 # -- the scenarios -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+@pytest.mark.parametrize("overlay", manifests.COMMITTED)
 def test_clean_rollout_the_job_migrates_once_and_replicas_wait_then_become_ready(
     tools: manifests.Tools, pg_database: TestDatabase, tmp_path: Path, simulate: Any, overlay: str
 ) -> None:

@@ -22,7 +22,7 @@ def test_plan_lists_pending_revisions(project: Path, database: TestDatabase) -> 
         "migrate", "--plan", "--format", "json", cwd=project, DATABASE_URL=database.url
     )
     assert plan.returncode == 0, plan.output
-    assert json.loads(plan.stdout) == {"current": [], "heads": [HEAD], "pending": ALL}
+    assert json.loads(plan.stdout) == {"current": [], "heads": [HEAD], "pending": ALL, "after_migrate": None}
     assert not database.tables() - {"sqlite_sequence"}  # --plan wrote nothing
 
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0

@@ -73,6 +73,10 @@ class BaseCommand:
     command_name = "command"
     #: Commands that print a report offer ``--format text|json``.
     has_format = False
+    #: Commands that never read dbinit's settings (nor touch a database, nor load
+    #: plugins) set this False: no settings flags, no settings loaded, so that a
+    #: stray or production environment cannot make them fail.
+    uses_settings = True
 
     def __init__(self, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
         self.redactor = Redactor()
@@ -97,6 +101,19 @@ class BaseCommand:
             description=self.help or None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        if self.uses_settings:
+            self._add_settings_arguments(parser)
+        if self.has_format:
+            parser.add_argument(
+                "--format",
+                choices=("text", "json"),
+                default="text",
+                help="output format (default: text)",
+            )
+        self.add_arguments(parser)
+        return parser
+
+    def _add_settings_arguments(self, parser: argparse.ArgumentParser) -> None:
         common = parser.add_argument_group("settings (override the environment)")
         common.add_argument(
             "--database-url",
@@ -111,15 +128,6 @@ class BaseCommand:
         common.add_argument(
             "--log-level", dest="log_level", choices=("debug", "info", "warning", "error")
         )
-        if self.has_format:
-            parser.add_argument(
-                "--format",
-                choices=("text", "json"),
-                default="text",
-                help="output format (default: text)",
-            )
-        self.add_arguments(parser)
-        return parser
 
     def print_help(self, prog_name: str, subcommand: str) -> None:
         self.stdout.write(self.create_parser(prog_name, subcommand).format_help(), ending="")
@@ -181,6 +189,9 @@ class BaseCommand:
         from dbinit.pluginmanager import Registry
         from dbinit.settings import load_settings
 
+        if not self.uses_settings:
+            configure_logging("auto", "info", stream=self._stderr_stream, redactor=self.redactor)
+            return int(self.handle(**options) or 0)
         try:
             self.settings = load_settings(**self.settings_overrides(options))
         finally:
