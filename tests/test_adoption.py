@@ -39,10 +39,14 @@ def job(project: FullStack, *args: str, **env: str) -> Result:
 
 
 def test_the_job_migrates_and_the_service_verifies(fullstack: FullStack, pg_database: TestDatabase) -> None:
-    migrated = job(fullstack, "migrate", "--format", "json")
+    # the template's prestart: migrate, then the seed step, under the same lock
+    migrated = job(fullstack, "migrate", "--format", "json",
+                   DBINIT_AFTER_MIGRATE=f"{sys.executable} -m app.initial_data")
     assert migrated.returncode == 0, migrated.output
     document = json.loads(migrated.stdout)
     assert document["applied"] == [HEAD]
+    assert document["after_migrate"]["ok"] is True
+    assert pg_database.sql('SELECT email, is_superuser FROM "user"') == [("admin@example.com", True)]
     assert document["database"] == pg_database.parsed.display_name
     assert pg_database.versions() == {HEAD}
     # one log stream: env.py's fileConfig(alembic.ini) lines arrive as JSON events too
