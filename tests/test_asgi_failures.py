@@ -332,6 +332,7 @@ def test_revoked_privilege_while_serving_is_a_cached_503(
                 DATABASE_URL=proxy.url_for(dbs.url(dbs.migrated, user=role)),
                 DBINIT_READINESS_PATH="/readyz",
                 DBINIT_READINESS_CACHE="1.0",
+                DBINIT_READINESS_DETAILS="true",  # the reason and the GRANT to run, in the body
             )
             log = project / "uvicorn.log"
             with log.open("w") as sink:
@@ -356,6 +357,7 @@ def test_revoked_privilege_while_serving_is_a_cached_503(
                     _, content_type, body = answers[-1]
                     assert content_type == "application/json"
                     assert body["ok"] is False and body["action"] == "failed"
+                    assert body["status"] == "unreachable" and body["failed"] == []
                     assert "permission denied for table alembic_version" in str(body["message"])
                     assert f"GRANT SELECT ON alembic_version TO {role}" in str(body["hint"])
                     time.sleep(1.2)
