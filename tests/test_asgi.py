@@ -336,6 +336,7 @@ STARTUP_FAILURES: dict[str, tuple[dict[str, str], str, int]] = {
     "malformed-url": ({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, "invalid port", 2),
     "missing-url-file": ({"DATABASE_URL_FILE": "{tmp}/missing"}, "DATABASE_URL_FILE", 2),
     "bad-timeout": ({"DBINIT_STARTUP_TIMEOUT": "abc"}, "DBINIT_STARTUP_TIMEOUT", 2),
+    "bad-log-level": ({"DBINIT_LOG_LEVEL": "verbose"}, "invalid setting DBINIT_LOG_LEVEL", 2),
     "unreachable": ({"DATABASE_URL": SECRET_PG_URL, "DBINIT_STARTUP_TIMEOUT": "0.2"}, "gave up after", 3),
     "unmigrated": ({"DATABASE_URL": "sqlite+aiosqlite:///{tmp}/db.sqlite3"}, "dbinit.E002", 4),
     "plugin-raises": (
@@ -427,6 +428,10 @@ def test_every_startup_failure_sends_startup_failed(
     else:
         assert message == str(gate.failure) and "\n" not in message and "Traceback" not in message
     assert names in message and "refusing to start" in message
+    # what kind of failure, as the exit code says: a settings error is never "database not ready"
+    kinds = {2: "configuration error", 3: "database unreachable", 4: "database not ready"}
+    for code, kind in kinds.items():
+        assert (f"dbinit: {kind}, refusing to start" in message) is (code == exit_code), message
     assert SECRET not in message and SECRET not in logged
     if case == "dbinit-bug":
         assert "clock broke near ***" in message  # redacted, not dropped
