@@ -12,6 +12,11 @@ changes that exit code, so dbinit cannot carry its refusal there: the
 manifests and the example run one worker per pod (``--workers 1``, which also
 beats a stray ``WEB_CONCURRENCY``), and these tests pin what each form does.
 
+gunicorn's arbiter is the supervisor that does carry it: uvicorn-worker's
+``UvicornWorker`` exits with gunicorn's ``WORKER_BOOT_ERROR`` (3) when the
+lifespan startup failed, and the arbiter then halts ("Reason: Worker failed
+to boot.") with exit code 3, whatever ``-w``.
+
 Real servers, real PostgreSQL, an empty database (the migration job has not
 run): every worker refuses with dbinit.E002.
 """
@@ -39,6 +44,7 @@ SUPERVISOR_STOPS = "failed to start, stopping the parent process."
 SERVERS: dict[str, list[str]] = {
     "uvicorn": ["-m", "uvicorn", "app:app"],
     "fastapi-run": ["-m", "fastapi", "run", "app.py"],
+    "gunicorn": ["-m", "gunicorn", "app:app", "-k", "uvicorn_worker.UvicornWorker"],
 }
 
 
@@ -63,10 +69,14 @@ def http_status(port: int) -> int | None:
 def run_until_exit(server: str, project: Path, database: TestDatabase, *extra: str, **env: str) -> Exited:
     """Start the server, knock on its port until it exits; killed (and the test failed) if it does not."""
     port = free_port()
-    argv = [sys.executable, *SERVERS[server], "--host", "127.0.0.1", "--port", str(port), *extra]
+    listen = ["--host", "127.0.0.1", "--port", str(port)]
+    if server == "gunicorn":
+        listen = ["-b", f"127.0.0.1:{port}"]
+    argv = [sys.executable, *SERVERS[server], *listen, *extra]
     environment = clean_env(DATABASE_URL=database.url, DBINIT_LIVENESS_PATH="/livez", **env)
     if "WEB_CONCURRENCY" not in env:
         environment.pop("WEB_CONCURRENCY", None)  # the machine's own must not choose the worker count
+    environment.pop("GUNICORN_CMD_ARGS", None)
     log = project / f"{server}-{port}.log"
     answers: list[int] = []
     started = time.monotonic()
@@ -94,7 +104,10 @@ def run_until_exit(server: str, project: Path, database: TestDatabase, *extra: s
     return Exited(process.returncode, output)
 
 
-@pytest.mark.parametrize("server", list(SERVERS))
+UVICORN_SUPERVISED = ["uvicorn", "fastapi-run"]
+
+
+@pytest.mark.parametrize("server", UVICORN_SUPERVISED)
 @pytest.mark.parametrize("workers", [(), ("--workers", "1")], ids=["default", "workers-1"])
 def test_one_worker_exits_3_on_a_refusal(
     server: str, workers: tuple[str, ...], project: Path, pg_database: TestDatabase
@@ -106,7 +119,7 @@ def test_one_worker_exits_3_on_a_refusal(
     assert "parent process" not in run.output  # no supervisor: the refusal is the process's exit code
 
 
-@pytest.mark.parametrize("server", list(SERVERS))
+@pytest.mark.parametrize("server", UVICORN_SUPERVISED)
 def test_workers_2_stop_but_exit_0_on_a_refusal(
     server: str, project: Path, pg_database: TestDatabase
 ) -> None:
@@ -126,3 +139,12 @@ def test_web_concurrency_makes_workers_unless_the_command_line_says_1(
     assert by_env.returncode == 0 and SUPERVISOR_STOPS in by_env.output, by_env.output
     pinned = run_until_exit("uvicorn", project, pg_database, "--workers", "1", WEB_CONCURRENCY="2")
     assert pinned.returncode == 3 and SUPERVISOR_STOPS not in pinned.output, pinned.output
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gunicorn runs on Unix only")
+def test_gunicorn_with_uvicorn_workers_exits_3_on_a_refusal(project: Path, pg_database: TestDatabase) -> None:
+    """Several processes per pod, and still a non-zero exit: gunicorn's arbiter halts on a boot error."""
+    run = run_until_exit("gunicorn", project, pg_database, "-w", "2")
+    assert run.returncode == 3, run.output
+    assert REFUSAL in run.output and "dbinit.E002" in run.output
+    assert "Worker failed to boot." in run.output
