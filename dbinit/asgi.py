@@ -15,7 +15,10 @@ Any ASGI 3 application::
     app = DatabaseGate().wrap(app)
 
 A failed verification sends ``lifespan.startup.failed`` naming the failed
-check and its hint, so the server exits non-zero before it serves. An
+check and its hint, so the server exits non-zero before it serves: uvicorn
+(and ``fastapi run``) with one worker exits 3, gunicorn with uvicorn-worker
+exits 3 whatever ``-w``; but with ``--workers N`` uvicorn's supervisor stops
+and exits 0, which no ASGI message can change (run one worker per pod). An
 unreachable database is retried with backoff until ``DBINIT_STARTUP_TIMEOUT``.
 After success the report is on ``app.state.dbinit`` (Starlette), in the
 lifespan state (``request.state.dbinit``) and on ``gate.report``.
