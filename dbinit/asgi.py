@@ -15,7 +15,10 @@ Any ASGI 3 application::
     app = DatabaseGate().wrap(app)
 
 A failed verification sends ``lifespan.startup.failed`` naming the failed
-check and its hint, so the server exits non-zero before it serves. An
+check and its hint, so the server exits non-zero before it serves: uvicorn
+(and ``fastapi run``) with one worker exits 3, gunicorn with uvicorn-worker
+exits 3 whatever ``-w``; but with ``--workers N`` uvicorn's supervisor stops
+and exits 0, which no ASGI message can change (run one worker per pod). An
 unreachable database is retried with backoff until ``DBINIT_STARTUP_TIMEOUT``.
 After success the report is on ``app.state.dbinit`` (Starlette), in the
 lifespan state (``request.state.dbinit``) and on ``gate.report``.
@@ -33,7 +36,10 @@ that knows the URL's password.
 Probes, off by default (``DBINIT_READINESS_PATH``, ``DBINIT_LIVENESS_PATH``):
 readiness re-verifies on one kept connection, at most once per
 ``DBINIT_READINESS_CACHE`` seconds whatever the request rate, and answers 200
-or 503 with the report (or the error) as JSON; liveness never touches the
+or 503 with a :class:`Readiness` as JSON: the verdict (``ok``, ``status``, the
+failed check ids) and, only with ``DBINIT_READINESS_DETAILS``, the report or
+the error (the database's host, port and name, revisions, messages, hints),
+since the probe is on the service's public port. Liveness never touches the
 database. Shutdown closes every connection dbinit opened.
 """
 
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -69,12 +76,71 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 AppLifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
 #: How a startup failure is reported: one line, a bug (with its traceback), or an interruption.
 FailureKind = Literal["expected", "bug", "interrupted"]
+#: The readiness verdict in one word, in every readiness body.
+ReadinessStatus = Literal["ready", "not_ready", "unreachable", "configuration_error", "error", "not_started"]
 
 _WHAT = {
     ExitCode.USAGE_ERROR: "configuration error",
     ExitCode.DATABASE_UNREACHABLE: "database unreachable",
     ExitCode.NOT_READY: "database not ready",
 }
+_READINESS_STATUS: dict[ExitCode, ReadinessStatus] = {
+    ExitCode.USAGE_ERROR: "configuration_error",
+    ExitCode.DATABASE_UNREACHABLE: "unreachable",
+    ExitCode.NOT_READY: "not_ready",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadinessError:
+    """A readiness re-check that raised instead of reporting: the reason, already redacted."""
+
+    message: str
+    hint: str
+    error: str  # the exception's class name
+
+
+@dataclasses.dataclass(frozen=True)
+class Readiness:
+    """One readiness answer: a verdict for anyone, details for whoever turned them on.
+
+    The probe answers on the service's public port, so by default its body is
+    only ``ok``, ``status`` and the ids of the failed checks. The report (or
+    the error) holds what an outsider has no use for: the database's host,
+    port and name, the current and expected revisions (which release is
+    deployed), messages and hints naming schemas, tables and roles. It is in
+    the body only with ``DBINIT_READINESS_DETAILS=true``; the logs always have it.
+    """
+
+    status: ReadinessStatus
+    failed: tuple[str, ...] = ()
+    report: VerifyReport | None = None
+    error: ReadinessError | None = None
+
+    @classmethod
+    def of(cls, report: VerifyReport) -> Readiness:
+        status: ReadinessStatus = "ready" if report.ok else "not_ready"
+        return cls(status, tuple(outcome.check.id for outcome in report.failed), report=report)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ready"
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self.ok else 503
+
+    def body(self, *, details: bool, service: str) -> dict[str, object]:
+        """The JSON body: the verdict, and with ``details`` the report or the error around it."""
+        verdict: dict[str, object] = {"ok": self.ok, "status": self.status, "failed": list(self.failed)}
+        if not details:
+            return verdict
+        if self.report is not None:
+            return {**self.report.to_json(), **verdict}
+        if self.error is not None:
+            return {"action": "failed", "message": self.error.message, "hint": self.error.hint,
+                    "error": self.error.error, "service": service, **verdict}
+        return {"action": "failed", "message": "not started", "service": service, **verdict}
 
 
 class StartupFailed(DbinitError):
@@ -156,6 +222,7 @@ class DatabaseGate:
         readiness_path: str | None = None,
         liveness_path: str | None = None,
         readiness_cache: float | None = None,
+        readiness_details: bool | None = None,
         startup_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -164,6 +231,7 @@ class DatabaseGate:
             "readiness_path": readiness_path,
             "liveness_path": liveness_path,
             "readiness_cache": readiness_cache,
+            "readiness_details": readiness_details,
             "startup_timeout": startup_timeout,
         }
         self._clock = clock
@@ -177,7 +245,7 @@ class DatabaseGate:
         self._log: FilteringBoundLogger | None = None
         self._lock = asyncio.Lock()
         self._checked_at: float | None = None
-        self._readiness: tuple[int, dict[str, object]] | None = None
+        self._readiness: Readiness | None = None
         self._logged_state: tuple[int, str] | None = None
         self.report: VerifyReport | None = None
         #: Why the last startup failed (its ``str()`` is the startup.failed message).
@@ -339,15 +407,15 @@ class DatabaseGate:
 
     def _remember(self, report: VerifyReport) -> None:
         """The startup report (a passing one) is the first readiness answer."""
-        self._set(200, report.to_json())
+        self._set(Readiness.of(report))
         self._logged_state = (200, "")
 
-    def _set(self, status: int, body: dict[str, object]) -> None:
-        self._readiness = (status, body)
+    def _set(self, answer: Readiness) -> None:
+        self._readiness = answer
         self._checked_at = self._clock()
 
-    async def readiness(self) -> tuple[int, dict[str, object]]:
-        """(status, body): re-verified at most once per cache period."""
+    async def readiness(self) -> Readiness:
+        """The readiness answer, re-verified at most once per cache period."""
         if self._fresh():
             assert self._readiness is not None
             return self._readiness
@@ -369,7 +437,7 @@ class DatabaseGate:
         from dbinit.verify import verify
 
         if self._registry is None or self._scripts is None:
-            self._set(503, {"ok": False, "action": "failed", "message": "not started"})
+            self._set(Readiness("not_started"))
             return
         try:
             probe = await self._connect()
@@ -380,25 +448,23 @@ class DatabaseGate:
             await self._drop_probe()  # a broken connection is reopened next time
             self._refresh_failed(exc)
             return
-        self._log_change(200 if report.ok else 503, report.message, report.hint)
-        self._set(200 if report.ok else 503, report.to_json())
+        answer = Readiness.of(report)
+        self._log_change(answer.http_status, report.message, report.hint)
+        self._set(answer)
 
     def _refresh_failed(self, exc: Exception) -> None:
         """A re-check that raised: 503 with the reason as JSON, cached like any answer."""
+        status: ReadinessStatus
         if isinstance(exc, DbinitError):
             message, hint = exc.message, exc.hint
+            status = _READINESS_STATUS.get(exc.exit_code, "error")
             self._log_change(503, message, hint)
         else:
             message, hint = f"internal error (a bug in dbinit): {type(exc).__name__}: {exc}", ""
+            status = "error"
             self._log_change(503, message, hint, exc_info=exc)
-        self._set(503, {
-            "ok": False,
-            "action": "failed",
-            "message": self._redactor.text(message),
-            "hint": self._redactor.text(hint),
-            "error": type(exc).__name__,
-            "service": self.settings.service,
-        })
+        error = ReadinessError(self._redactor.text(message), self._redactor.text(hint), type(exc).__name__)
+        self._set(Readiness(status, error=error))
 
     def _log_change(
         self, status: int, message: str, hint: str, exc_info: BaseException | None = None
@@ -494,9 +560,12 @@ class GateMiddleware:
         settings = self.gate.settings
         body: dict[str, object]
         if scope["path"] == settings.liveness_path:
+            # never the database: nothing of it to show, whatever DBINIT_READINESS_DETAILS says
             status, body = 200, {"status": "alive", "service": settings.service}
         else:
-            status, body = await self.gate.readiness()
+            answer = await self.gate.readiness()
+            status = answer.http_status
+            body = answer.body(details=settings.readiness_details, service=settings.service)
         payload = json.dumps(body, default=str).encode()
         await send({
             "type": "http.response.start",

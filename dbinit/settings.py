@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     readiness_path: ProbePath | None = None
     liveness_path: ProbePath | None = None
     readiness_cache: Seconds = 1.0
+    #: The readiness probe's body names the database (host, port, name), its revisions and
+    #: the checks' messages and hints; off, it holds only the verdict and the failed check ids.
+    readiness_details: bool = False
 
     @field_validator("heads", "silenced_checks", "plugins", mode="before")
     @classmethod

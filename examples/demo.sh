@@ -27,7 +27,7 @@ echo "== 4. where the database stands: dbinit showmigrations"
 echo "== 5. the FastAPI service (dbinit lifespan) starts, verifies, serves its probes"
 PORT=${DEMO_PORT:-8765}
 DBINIT_READINESS_PATH=/readyz DBINIT_LIVENESS_PATH=/livez \
-    ../../.venv/bin/uvicorn app:app --host 127.0.0.1 --port "$PORT" &
+    ../../.venv/bin/uvicorn app:app --host 127.0.0.1 --port "$PORT" --workers 1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -121,8 +122,7 @@ def test_wrapper_success_composes_with_inner_lifespan_and_probes(
         while not sent:
             await asyncio.sleep(0.01)
         assert await http_get(app, "/") == (200, {"app": True})
-        status, body = await http_get(app, "/readyz")
-        assert status == 200 and body["action"] == "verified" and body["current_revision"] == "8d3f6b2a9c11"
+        assert await http_get(app, "/readyz") == (200, {"ok": True, "status": "ready", "failed": []})
         assert await http_get(app, "/livez") == (200, {"status": "alive", "service": "orders"})
         await inbox.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(task, 10)
@@ -237,7 +237,7 @@ def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_databas
             )
             clock.now += 5.1
             status, body = await http_get(app, "/readyz")
-            assert status == 503 and "dbinit.E004" in body["message"]
+            assert (status, body) == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
             await gate.shutdown()
             return counts
 
@@ -248,6 +248,72 @@ def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_databas
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("not reached")
+
+
+def test_readiness_shows_the_database_only_with_details(project: Path, pg_database: TestDatabase) -> None:
+    """The probe is on the public port: by default, a verdict; the address only when turned on."""
+    from dbinit.urls import DatabaseURL
+    from tests.plugins.pgproxy import pg_proxy
+
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url).returncode == 0
+    clock = FakeClock()
+    with pg_proxy(pg_database.url) as proxy:
+        # a recognisable address: host "localhost", the proxy's port, the test database's name
+        url = dataclasses.replace(DatabaseURL.parse(proxy.url_for(pg_database.url)), host="localhost")
+        database, user = pg_database.parsed.database, url.username or ""
+        address = f"localhost:{proxy.port}/{database}"
+        gates = {
+            details: DatabaseGate(
+                _settings(project, url.for_sqlalchemy(async_driver=True), readiness_details=details),
+                readiness_path="/readyz",
+                readiness_cache=5.0,
+                clock=clock,
+            )
+            for details in (False, True)
+        }
+
+        async def answers() -> dict[bool, tuple[int, dict[str, Any]]]:
+            return {details: await http_get(gate.wrap(_no_app), "/readyz") for details, gate in gates.items()}
+
+        async def scenario() -> list[dict[bool, tuple[int, dict[str, Any]]]]:
+            for gate in gates.values():
+                await gate.startup()
+            seen = [await answers()]
+            await asyncio.to_thread(
+                pg_database.sql, "UPDATE alembic_version SET version_num = 'ffffffffffff'"
+            )
+            clock.now += 5.1
+            seen.append(await answers())
+            proxy.stop()
+            clock.now += 5.1
+            await answers()  # the kept connection is found dropped...
+            clock.now += 5.1
+            seen.append(await answers())  # ...and a new one refused
+            for gate in gates.values():
+                await gate.shutdown()
+            return seen
+
+        ready, not_ready, unreachable = asyncio.run(scenario())
+
+    assert ready[False] == (200, {"ok": True, "status": "ready", "failed": []})
+    assert not_ready[False] == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
+    assert unreachable[False] == (503, {"ok": False, "status": "unreachable", "failed": []})
+    for _, body in (ready[False], not_ready[False], unreachable[False]):
+        text = json.dumps(body)
+        for secret in ("localhost", "127.0.0.1", str(proxy.port), database, user, "revision"):
+            assert secret not in text, (secret, text)
+
+    status, body = ready[True]
+    assert status == 200 and (body["ok"], body["status"], body["failed"]) == (True, "ready", [])
+    assert body["database"] == address and body["current_revision"] == "8d3f6b2a9c11"
+    status, body = not_ready[True]
+    assert status == 503 and (body["ok"], body["status"]) == (False, "not_ready")
+    assert body["failed"] == ["dbinit.E004"]
+    assert body["current_revision"] == "ffffffffffff" and "dbinit.E004" in body["message"]
+    assert body["database"] == address and body["hint"]
+    status, body = unreachable[True]
+    assert status == 503 and (body["ok"], body["status"], body["failed"]) == (False, "unreachable", [])
+    assert body["error"] == "DatabaseUnreachable" and f"cannot connect to {address}" in body["message"]
 
 
 # -- every startup failure ends in startup.failed (the lifespan protocol, no server) --------
@@ -270,6 +336,7 @@ STARTUP_FAILURES: dict[str, tuple[dict[str, str], str, int]] = {
     "malformed-url": ({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, "invalid port", 2),
     "missing-url-file": ({"DATABASE_URL_FILE": "{tmp}/missing"}, "DATABASE_URL_FILE", 2),
     "bad-timeout": ({"DBINIT_STARTUP_TIMEOUT": "abc"}, "DBINIT_STARTUP_TIMEOUT", 2),
+    "bad-log-level": ({"DBINIT_LOG_LEVEL": "verbose"}, "invalid setting DBINIT_LOG_LEVEL", 2),
     "unreachable": ({"DATABASE_URL": SECRET_PG_URL, "DBINIT_STARTUP_TIMEOUT": "0.2"}, "gave up after", 3),
     "unmigrated": ({"DATABASE_URL": "sqlite+aiosqlite:///{tmp}/db.sqlite3"}, "dbinit.E002", 4),
     "plugin-raises": (
@@ -361,6 +428,10 @@ def test_every_startup_failure_sends_startup_failed(
     else:
         assert message == str(gate.failure) and "\n" not in message and "Traceback" not in message
     assert names in message and "refusing to start" in message
+    # what kind of failure, as the exit code says: a settings error is never "database not ready"
+    kinds = {2: "configuration error", 3: "database unreachable", 4: "database not ready"}
+    for code, kind in kinds.items():
+        assert (f"dbinit: {kind}, refusing to start" in message) is (code == exit_code), message
     assert SECRET not in message and SECRET not in logged
     if case == "dbinit-bug":
         assert "clock broke near ***" in message  # redacted, not dropped
@@ -444,7 +515,11 @@ def test_a_readiness_recheck_that_raises_is_a_cached_503_logged_once(
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
     clock = FakeClock()
     gate = DatabaseGate(
-        _settings(project, sqlite_database.url), readiness_path="/readyz", readiness_cache=5.0, clock=clock
+        _settings(project, sqlite_database.url),
+        readiness_path="/readyz",
+        readiness_cache=5.0,
+        readiness_details=True,
+        clock=clock,
     )
     app = gate.wrap(_no_app)
     calls: list[int] = []
@@ -472,7 +547,7 @@ def test_a_readiness_recheck_that_raises_is_a_cached_503_logged_once(
     assert calls == [1, 1]  # 21 requests, two periods: two re-checks
     assert [status for status, _ in answers] == [503] * 21 + [200]
     body = answers[0][1]
-    assert body["ok"] is False and body["error"] == "RuntimeError"
+    assert body["ok"] is False and body["status"] == "error" and body["error"] == "RuntimeError"
     assert body["message"] == "internal error (a bug in dbinit): RuntimeError: unexpected"
     logged = gate_log.getvalue()
     assert logged.count("Database readiness lost") == 1, logged

@@ -172,35 +172,46 @@ def databases(
         asyncio.run(_pg_sql(admin, f"DROP ROLE IF EXISTS {role}"))
 
 
+#: How the startup.failed message names each kind of failure ("dbinit: <what>, refusing to start").
+WHATS = ("configuration error", "database unreachable", "database not ready", "a bug in a plugin")
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     env: dict[str, str]
     says: tuple[str, ...]  # what the output must name
+    what: str  # the kind of failure, one of WHATS: the only one the output may name
     bug: bool = False  # a bug: its traceback is logged once
 
 
 def make_case(name: str, dbs: Databases, tmp_path: Path) -> Case:
     migrated = dbs.url(dbs.migrated)
-    if name == "bad-setting":
-        return Case(
-            {"DBINIT_LOG_LEVEL": "loud", "DATABASE_URL": migrated}, ("invalid setting DBINIT_LOG_LEVEL",)
-        )
+    config = "configuration error"
     if name == "malformed-url":
-        return Case({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, ("invalid port",))
+        return Case({"DATABASE_URL": f"postgresql://u:{SECRET}@host:notaport/db"}, ("invalid port",), config)
     if name == "missing-url-file":
         missing = tmp_path / "secret" / "database-url"
-        return Case({"DATABASE_URL_FILE": str(missing)}, ("DATABASE_URL_FILE", "cannot be read"))
+        return Case({"DATABASE_URL_FILE": str(missing)}, ("DATABASE_URL_FILE", "cannot be read"), config)
     if name == "bad-timeout":
         return Case(
-            {"DBINIT_STARTUP_TIMEOUT": "abc", "DATABASE_URL": migrated}, ("DBINIT_STARTUP_TIMEOUT",)
+            {"DBINIT_STARTUP_TIMEOUT": "abc", "DATABASE_URL": migrated}, ("DBINIT_STARTUP_TIMEOUT",), config
+        )
+    if name == "bad-log-level":  # a settings error on a database that would verify
+        return Case(
+            {"DBINIT_LOG_LEVEL": "verbose", "DATABASE_URL": migrated},
+            ("invalid setting DBINIT_LOG_LEVEL", "'debug', 'info', 'warning' or 'error'"),
+            config,
         )
     if name == "no-grant":
         return Case(
             {"DATABASE_URL": dbs.url(dbs.migrated, user=dbs.role)},
             ("permission denied for table alembic_version", f"GRANT SELECT ON alembic_version TO {dbs.role}"),
+            "database unreachable",
         )
     if name == "unmigrated":
-        return Case({"DATABASE_URL": dbs.url(dbs.empty)}, ("dbinit.E002", "migration job"))
+        return Case(
+            {"DATABASE_URL": dbs.url(dbs.empty)}, ("dbinit.E002", "migration job"), "database not ready"
+        )
     if name == "plugin-raises":
         plugins = tmp_path / "plugins"
         plugins.mkdir()
@@ -212,13 +223,14 @@ def make_case(name: str, dbs: Databases, tmp_path: Path) -> Case:
                 "PYTHONPATH": os.pathsep.join((str(ROOT), str(plugins))),
             },
             ("a bug in a plugin", "gate_boom_plugin", "RuntimeError: plugin exploded"),
+            "a bug in a plugin",
             bug=True,
         )
     raise AssertionError(name)
 
 
 CASES = [
-    "bad-setting", "malformed-url", "missing-url-file", "bad-timeout", "no-grant", "unmigrated",
+    "malformed-url", "missing-url-file", "bad-timeout", "bad-log-level", "no-grant", "unmigrated",
     "plugin-raises",
 ]
 # auto (the mode that serves after a bare exception): every way in with every case, but
@@ -226,13 +238,13 @@ CASES = [
 # chosen so that every case also runs under on.
 MATRIX = (
     [("auto", way, case) for way in ("wrap", "starlette", "fastapi+middleware") for case in CASES]
-    + [("auto", "fastapi", case) for case in ("bad-setting", "no-grant", "plugin-raises")]
+    + [("auto", "fastapi", case) for case in ("bad-log-level", "no-grant", "plugin-raises")]
     + [
         ("on", "wrap", "missing-url-file"),
         ("on", "wrap", "plugin-raises"),
         ("on", "starlette", "bad-timeout"),
         ("on", "starlette", "no-grant"),
-        ("on", "fastapi", "bad-setting"),
+        ("on", "fastapi", "bad-log-level"),
         ("on", "fastapi", "unmigrated"),
         ("on", "fastapi+middleware", "malformed-url"),
         ("on", "fastapi+middleware", "plugin-raises"),
@@ -306,6 +318,10 @@ def test_startup_failure_stops_the_server(
     assert "appears unsupported" not in output, output
     assert "Exception in 'lifespan' protocol" not in output, output
     assert "refusing to start" in output, output
+    # named as what it is, and as nothing else: a settings error is never "database not ready"
+    assert f"dbinit: {failure.what}" in output, output
+    for other in set(WHATS) - {failure.what}:
+        assert f"dbinit: {other}" not in output, output
     for words in failure.says:
         assert words in output, output
     assert SECRET not in output, output
@@ -335,6 +351,7 @@ def test_revoked_privilege_while_serving_is_a_cached_503(
                 DATABASE_URL=proxy.url_for(dbs.url(dbs.migrated, user=role)),
                 DBINIT_READINESS_PATH="/readyz",
                 DBINIT_READINESS_CACHE="1.0",
+                DBINIT_READINESS_DETAILS="true",  # the reason and the GRANT to run, in the body
             )
             log = project / "uvicorn.log"
             with log.open("w") as sink:
@@ -359,6 +376,7 @@ def test_revoked_privilege_while_serving_is_a_cached_503(
                     _, content_type, body = answers[-1]
                     assert content_type == "application/json"
                     assert body["ok"] is False and body["action"] == "failed"
+                    assert body["status"] == "unreachable" and body["failed"] == []
                     assert "permission denied for table alembic_version" in str(body["message"])
                     assert f"GRANT SELECT ON alembic_version TO {role}" in str(body["hint"])
                     time.sleep(1.2)

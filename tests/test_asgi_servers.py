@@ -107,14 +107,12 @@ def test_server_serves_then_readiness_follows_the_database(
     try:
         assert wait_until(lambda: serving(port) or process.poll() is not None), "server did not start"
         assert process.poll() is None
-        status, body = get(port, "/readyz")
-        assert status == 200 and body["action"] == "verified"
+        assert get(port, "/readyz") == (200, {"ok": True, "status": "ready", "failed": []})
         assert get(port, "/")[1] == {"service": "orders", "revision": "8d3f6b2a9c11"}
         # another release's job moves the database to a revision this image does not know
         database.sql("UPDATE alembic_version SET version_num = 'ffffffffffff'")
         assert wait_until(lambda: get(port, "/readyz")[0] == 503, timeout=10)
-        status, body = get(port, "/readyz")
-        assert "dbinit.E004" in str(body["message"])
+        assert get(port, "/readyz") == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
         assert get(port, "/livez")[0] == 200  # liveness never depends on the database
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
@@ -126,3 +124,42 @@ def test_server_serves_then_readiness_follows_the_database(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dbinit-ready:%'"
         )
         assert leftover == [(0,)]
+
+
+@pytest.mark.parametrize("details", [False, True], ids=["default", "details"])
+def test_readiness_body_names_the_database_only_with_details(
+    details: bool, project: Path, pg_database: TestDatabase
+) -> None:
+    """What anyone reaching the public port reads on /readyz, and what DBINIT_READINESS_DETAILS adds."""
+    import dataclasses
+
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=pg_database.url).returncode == 0
+    parsed = dataclasses.replace(pg_database.parsed, host="localhost")  # a host to recognise
+    url = parsed.for_sqlalchemy(async_driver=True)
+    address = (parsed.host, str(parsed.port), parsed.database, parsed.username)
+    env = {"DBINIT_READINESS_DETAILS": "true"} if details else {}
+    process, port = start("uvicorn-on", project, TestDatabase("postgresql", url), **env)
+    try:
+        assert wait_until(lambda: serving(port) or process.poll() is not None), "server did not start"
+        ready = get(port, "/readyz")
+        pg_database.sql("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+        assert wait_until(lambda: get(port, "/readyz")[0] == 503, timeout=10)
+        not_ready = get(port, "/readyz")
+        alive = get(port, "/livez")
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert alive == (200, {"status": "alive", "service": "orders"})
+    if not details:
+        assert ready == (200, {"ok": True, "status": "ready", "failed": []})
+        assert not_ready == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
+        for part in address:
+            assert part and part not in json.dumps([ready, not_ready, alive]), part
+        return
+    (status, body), (status_after, body_after) = ready, not_ready
+    assert status == 200 and (body["ok"], body["status"], body["failed"]) == (True, "ready", [])
+    assert body["database"] == f"localhost:{parsed.port}/{parsed.database}"
+    assert body["current_revision"] == "8d3f6b2a9c11" and body["head_revisions"] == ["8d3f6b2a9c11"]
+    assert status_after == 503 and body_after["failed"] == ["dbinit.E004"]
+    assert "dbinit.E004" in str(body_after["message"]) and body_after["current_revision"] == "ffffffffffff"

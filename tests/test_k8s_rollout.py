@@ -461,7 +461,7 @@ def test_command_and_args_over_the_images_entrypoint_and_cmd(tmp_path: Path) -> 
     assert command_line({"args": ["b"]}, image, env) == ["tini", "--", "b"]
     assert command_line({"command": [], "args": []}, image, env) == ["tini", "--", "serve"]
     bakery = Image.from_dockerfile(DOCKERFILE, {"/app": tmp_path, "/opt/venv": Path(sys.prefix)})
-    assert bakery.cmd == ("uvicorn", "app:app", "--host", "0.0.0.0", "--port", "8000")
+    assert bakery.cmd == ("uvicorn", "app:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1")
     assert bakery.workdir == "/app" and bakery.host_path("/app/alembic.ini") == f"{tmp_path}/alembic.ini"
     assert bakery.env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert bakery.host_value(bakery.env["PATH"]).startswith(f"{sys.prefix}/bin:")

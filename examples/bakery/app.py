@@ -1,6 +1,10 @@
 """The bakery orders service: a FastAPI app that never starts on an unready database.
 
-    uvicorn app:app          (after `dbinit migrate` has run, as the job does)
+    uvicorn app:app --workers 1     (after `dbinit migrate` has run, as the job does)
+
+One worker per process: with ``--workers N`` (or ``WEB_CONCURRENCY=N``) a
+refused startup stops uvicorn's supervisor, which exits 0 instead of 3; run
+several replicas instead.
 
 The three dbinit lines are marked. The readiness/liveness endpoints are on
 because DBINIT_READINESS_PATH / DBINIT_LIVENESS_PATH are set (see k8s/).
