@@ -379,6 +379,8 @@ def _hint(exc: ValidationError) -> str:
     fields = {_field_of(e["loc"]) for e in exc.errors()}
     if fields & {"log_format"}:
         return "DBINIT_LOG_FORMAT must be one of auto, json, console"
+    if fields & {"log_level"}:
+        return "DBINIT_LOG_LEVEL must be one of debug, info, warning, error"
     if any(field.endswith("_timeout") or field == "readiness_cache" for field in fields):
         return (
             f"Timeouts are seconds: a finite number greater than 0 and at most {MAX_SECONDS} "

@@ -137,3 +137,26 @@ def test_an_env_py_pointed_elsewhere_is_refused_before_any_revision(
     message = json.loads(missing.stdout)["message"]
     assert "the application's settings (Settings) rejected: POSTGRES_SERVER: Field required" in message
     assert pg_database.tables() == set()
+
+
+@pytest.mark.parametrize(("workers", "code"), [("1", 3), ("2", 0)])
+def test_fastapi_run_on_an_unmigrated_database(
+    fullstack: FullStack, pg_database: TestDatabase, workers: str, code: int
+) -> None:
+    """The template's `fastapi run --workers 4` form: the refusal reaches the exit code with one worker.
+
+    With several, uvicorn's supervisor stops and exits 0 (README, "One worker per pod"): pinned here
+    on the template's shape, as tests/test_asgi_workers.py pins it on the example.
+    """
+    fullstack.adopt()
+    env = clean_env(**fullstack.app_env(), DATABASE_URL=pg_database.url)
+    env.pop("WEB_CONCURRENCY", None)
+    argv = [sys.executable, "-m", "fastapi", "run", "app/main.py", "--host", "127.0.0.1",
+            "--port", str(free_port()), "--workers", workers]
+    done = subprocess.run(argv, cwd=fullstack.backend, env=env, capture_output=True, text=True,
+                          timeout=90, stdin=subprocess.DEVNULL)
+    output = done.stdout + done.stderr
+    assert done.returncode == code, output
+    assert "dbinit: database not ready, refusing to start" in output
+    assert "dbinit.E002" in output
+    assert pg_database.tables() == set()  # the service never migrates
