@@ -35,7 +35,7 @@ class Command(BaseCommand):
             fail_level = Level.parse(options["fail_level"])
         except ValueError as exc:
             raise ConfigurationError(f"--fail-level: {exc}") from None
-        checks = self.registry.checks
+        checks = self.registry.checks(self.settings)
         known_tags = sorted({t for c in checks for t in c.tags})
         unknown = [t for t in options["tag"] if t not in known_tags]
         if unknown:

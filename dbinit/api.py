@@ -70,7 +70,7 @@ class DatabaseInitManager:
         """Verify (``verify_only``) or migrate; raise a :class:`DbinitError` on failure."""
         from dbinit.pluginmanager import Registry
 
-        registry = Registry.load(self.settings.plugins)
+        registry = Registry.for_settings(self.settings)
         if self.verify_only:
             if self.force_recreate or self.settings.force_recreate:
                 self.log.warning("force_recreate ignored: verification never writes")

@@ -354,7 +354,7 @@ class DatabaseGate:
             self.log.warning(note)
         if settings.force_recreate:
             self.log.warning("DB_FORCE_RECREATE ignored: services only verify")
-        self._registry = Registry.load(settings.plugins)
+        self._registry = Registry.for_settings(settings)
         self._scripts = read_scripts(settings)
         deadline = self._clock() + settings.startup_timeout
         delays = backoff_delays(initial=0.2)

@@ -1,19 +1,56 @@
-"""Every extension point of dbinit, in one place.
+"""Every extension point of dbinit, in one place (documented in ``docs/plugin_hooks.md``).
 
-A plugin is a module (or object) with functions named like these hooks and
-marked ``@dbinit.hookimpl``. Built-in plugins (``dbinit.plugins.*``) use these
-same hooks. Plugins are loaded in this order: built-ins, then entry points of
-group ``dbinit`` (``[project.entry-points.dbinit]``), then the modules named
-in ``DBINIT_PLUGINS``. As in pluggy, the last registered runs first.
+A plugin is a module (or a class, or an object) with functions named like
+these hooks and marked ``@dbinit.hookimpl``. Built-in plugins
+(``dbinit.plugins.*``) use these same hooks. pluggy calls every hook; dbinit
+adds nothing to its semantics.
 
-dbinit always calls hooks with keyword arguments; an implementation may
-accept any subset of the documented arguments.
+**Registration order.** dbinit registers the built-ins
+(``dbinit.plugins.checks``, ``dbinit.plugins.strategies``,
+``dbinit.plugins.commands``), then the entry points of group ``dbinit``
+(``[project.entry-points.dbinit]``, in ``sys.path`` order), then the modules
+of the ``plugins`` setting (``DBINIT_PLUGINS``, ``.env`` or ``plugins`` in
+``[tool.dbinit]``), in the order listed.
 
-A plugin that raises is reported with its name: while loading or registering,
-exit code 2; while running a hook, exit code 1 (a bug in the plugin), unless the
-hook says otherwise (``dbinit_migration_context``: the application's context
-failing to start is a configuration error, exit 2). Nothing a plugin does is
-ever silently skipped.
+**Call order** (pluggy's, the same for every hook):
+
+1. Wrappers (``wrapper=True``, and old-style ``hookwrapper=True``) run around
+   all the others: ``tryfirst`` wrappers outermost, then plain wrappers, then
+   ``trylast`` wrappers innermost; in each group, the last registered is
+   outermost.
+2. Then the other implementations: the ``tryfirst`` ones, then the plain
+   ones, then the ``trylast`` ones; in each group, the last registered first.
+
+So without ``tryfirst``/``trylast`` a user gets: the last module of
+``DBINIT_PLUGINS`` first, back to its first, then the entry points from the
+last found to the first, then the built-ins. The built-in ``dbinit_checks`` is
+``tryfirst`` (the built-in checks run first: other checks may ``requires``
+them); the built-in ``dbinit_strategies`` and ``dbinit_commands`` are
+``trylast``. A hook's results come in that call order (a ``None`` is not a
+result); each wrapper gets that list from its ``yield`` (a
+``pluggy.Result`` for an old-style one) and returns the list the next
+wrapper out, then dbinit, gets. A hook marked ``firstresult`` stops at the
+first implementation that returns something other than ``None``; that is its
+result.
+
+**Arguments.** dbinit calls hooks with keyword arguments; an implementation
+names any subset of them (pluggy passes only those). Every hook gets
+``settings``, dbinit's :class:`dbinit.settings.Settings` for the run. A
+plugin's own options are read with :class:`dbinit.settings.PluginSettings`
+(``[tool.dbinit.<plugin>]``, ``DBINIT_<PLUGIN>_<OPTION>``).
+
+**Failures.** A plugin that raises is reported with its name (the plugin whose
+implementation, wrappers included, ran the innermost frame of the
+traceback): while loading or registering, exit code 2; while running a hook,
+exit code 1 (a bug in the plugin), unless the hook says otherwise
+(``dbinit_migration_context``: the application's context failing to start is
+a configuration error, exit 2), or what it raised is a
+:class:`dbinit.errors.DbinitError` such as the
+:class:`~dbinit.errors.ConfigurationError` of its own invalid options (its
+own exit code, 2). A result that breaks a hook's contract (not a sequence, an
+item of the wrong type, a duplicate name) names the plugin that returned it,
+or the wrapper that put it there: exit 2. Nothing a plugin does is ever
+silently skipped.
 """
 
 from __future__ import annotations
@@ -36,38 +73,49 @@ hookspec = pluggy.HookspecMarker("dbinit")
 
 
 @hookspec
-def dbinit_checks() -> Sequence[Check]:
+def dbinit_checks(settings: Settings) -> Sequence[Check]:
     """Contribute verification checks.
 
-    Called once per process, when the checks are first needed (``verify``,
-    ``check``, ``migrate``'s final verification, the ASGI integration).
+    Called once per process (per settings), when the checks are first needed
+    (``verify``, ``check``, ``wait``, ``migrate``'s final verification,
+    ``dbinit plugins``, the ASGI integration).
 
+    :param settings: the run's :class:`dbinit.settings.Settings`.
     :return: a sequence of :class:`dbinit.checks.Check`, usually made with the
         :func:`dbinit.checks.check` decorator. Ids must be unique across all
         plugins (a duplicate is a configuration error naming both plugins).
-        All results are collected; checks run in registration order
-        (built-ins first).
+        All results are collected; checks run in the results' order
+        (the built-ins first: their implementation is ``tryfirst``).
     """
 
 
 @hookspec
-def dbinit_strategies() -> Sequence[Strategy]:
+def dbinit_strategies(settings: Settings) -> Sequence[Strategy]:
     """Contribute migration strategies (selected by ``--strategy NAME``).
 
-    Called once per ``migrate`` run, before the migration lock is taken.
+    Called once per ``migrate`` run, before the migration lock is taken (and
+    by ``dbinit plugins``).
 
+    :param settings: the run's :class:`dbinit.settings.Settings`.
     :return: a sequence of :class:`dbinit.strategies.Strategy`. Names must be
         unique across plugins. All results are collected. A strategy marked
         ``destructive=True`` is refused with exit code 7 in production unless
-        ``DBINIT_ALLOW_DESTRUCTIVE=true``.
+        ``DBINIT_ALLOW_DESTRUCTIVE=true``. The one strategy marked
+        ``force_recreate=True`` (the built-in ``recreate``) is what
+        ``DB_FORCE_RECREATE=true`` selects; two are a configuration error.
     """
 
 
 @hookspec
-def dbinit_commands() -> Mapping[str, str | type[BaseCommand]]:
+def dbinit_commands(settings: Settings | None) -> Mapping[str, str | type[BaseCommand]]:
     """Contribute management commands.
 
-    Called when the command line is dispatched and by ``dbinit help``.
+    Called when the command line is dispatched (and so by ``dbinit help``),
+    and by ``dbinit plugins``.
+
+    :param settings: the settings as read from the environment, ``.env`` and
+        ``[tool.dbinit]`` (the command's own flags are not parsed yet), or
+        None when they are invalid: the command reports that itself (exit 2).
 
     :return: a mapping of command name to either a
         :class:`dbinit.management.base.BaseCommand` subclass or a string
@@ -78,7 +126,7 @@ def dbinit_commands() -> Mapping[str, str | type[BaseCommand]]:
 
 
 @hookspec
-def dbinit_verify_finished(report: VerifyReport) -> None:
+def dbinit_verify_finished(report: VerifyReport, settings: Settings) -> None:
     """Called after every verification, passed or failed.
 
     Use it for metrics, notifications or audit logs. It runs in the process
@@ -86,16 +134,18 @@ def dbinit_verify_finished(report: VerifyReport) -> None:
     verification, the ASGI readiness endpoint) and must be quick.
 
     :param report: the :class:`dbinit.report.VerifyReport`.
+    :param settings: the run's :class:`dbinit.settings.Settings`.
     :return: nothing; return values are ignored.
     """
 
 
 @hookspec
-def dbinit_migrate_finished(result: MigrateResult) -> None:
+def dbinit_migrate_finished(result: MigrateResult, settings: Settings) -> None:
     """Called after ``migrate`` succeeded (the lock is still held).
 
     :param result: the :class:`dbinit.report.MigrateResult`, with the applied
         revisions in order and the final verification report.
+    :param settings: the run's :class:`dbinit.settings.Settings`.
     :return: nothing; return values are ignored.
     """
 
@@ -122,8 +172,8 @@ def dbinit_migration_context(settings: Settings) -> AbstractContextManager[objec
 
     :param settings: the run's :class:`dbinit.settings.Settings`.
     :return: a context manager, or None for nothing to enter. *All* results
-        are entered, in plugin registration order (built-ins, entry points,
-        ``DBINIT_PLUGINS``), the first outermost, and exited in reverse order
+        are entered, in the results' order (pluggy's call order: the last
+        registered first, see above), the first outermost, and exited in reverse order
         once Alembic's run ends, whether it succeeded or failed. The value
         ``__enter__`` returns is ignored, and so is ``__exit__``'s: a context
         cannot swallow a migration's failure. A plugin whose hook or whose

@@ -35,14 +35,29 @@ if TYPE_CHECKING:
 
 
 def select_strategy(settings: Settings, registry: Registry, name: str | None = None) -> Strategy:
-    """``--strategy`` > ``DB_FORCE_RECREATE`` (recreate) > ``DBINIT_STRATEGY``.
+    """``--strategy`` > ``DB_FORCE_RECREATE`` > ``DBINIT_STRATEGY``.
 
-    Raises :class:`ConfigurationError` for an unknown name or what the
-    strategy's ``check`` refuses, and :class:`Refused` for a destructive
-    strategy in production without ``DBINIT_ALLOW_DESTRUCTIVE=true``.
+    ``DB_FORCE_RECREATE=true`` selects the strategy marked ``force_recreate``
+    (the built-in ``recreate``, unless a plugin replaced it). Raises
+    :class:`ConfigurationError` for an unknown name, for ``DB_FORCE_RECREATE``
+    with no such strategy, or what the strategy's ``check`` refuses, and
+    :class:`Refused` for a destructive strategy in production without
+    ``DBINIT_ALLOW_DESTRUCTIVE=true``.
     """
-    chosen = name or ("recreate" if settings.force_recreate else settings.strategy)
-    strategies = registry.strategies
+    strategies = registry.strategies(settings)
+    if name:
+        chosen = name
+    elif settings.force_recreate:
+        forced = [s.name for s in strategies.values() if s.force_recreate]
+        if not forced:
+            raise ConfigurationError(
+                "DB_FORCE_RECREATE=true, but no migration strategy is marked force_recreate",
+                hint="A plugin removed the built-in 'recreate' strategy: contribute one with "
+                "Strategy(..., force_recreate=True), or unset DB_FORCE_RECREATE",
+            )
+        chosen = forced[0]
+    else:
+        chosen = settings.strategy
     if chosen not in strategies:
         source = (
             "--strategy"
@@ -290,7 +305,7 @@ def _finished(
         duration_ms=(time.perf_counter() - started) * 1000,
         after_migrate=step,
     )
-    registry.notify("dbinit_migrate_finished", result=result)
+    registry.notify("dbinit_migrate_finished", result=result, settings=settings)
     return result
 
 

@@ -1,28 +1,43 @@
-"""Building the plugin manager and collecting what plugins contribute.
+"""Building the plugin manager, calling hooks, and naming the plugin behind each result.
 
 Nothing happens at import time. :func:`build_plugin_manager` registers the
-built-ins, then entry points of group ``dbinit``, then ``DBINIT_PLUGINS``
-modules, and validates every hook implementation. :class:`Registry` collects
-checks, strategies and commands with the name of the plugin behind each, and
-turns any plugin failure into a :class:`PluginError` naming that plugin.
+built-ins, then entry points of group ``dbinit``, then the ``plugins`` setting's
+modules (``DBINIT_PLUGINS``), and validates every hook implementation.
+
+pluggy calls every hook (:func:`call_hook`): its order (last registered first,
+``tryfirst``/``trylast``), its wrappers (``wrapper=True`` and old-style
+``hookwrapper=True``) and ``firstresult``, exactly as pluggy documents them.
+What dbinit adds is the name of the plugin behind each result. Each plugin is
+registered through a :class:`PluginFacade`: the same hook implementations,
+with the same options and signatures, each recording what it returned (and
+each wrapper what it returned after its ``yield``) for the hook call in
+progress (:class:`HookCall`). The results pluggy returns, however wrappers
+reordered, filtered or extended them, are then traced back by identity
+(:class:`Attribution`): a result an implementation returned is that
+plugin's, an item a wrapper introduced is that wrapper's. A plugin that
+raises is named from the innermost traceback frame that runs one of its
+implementations (:func:`innermost_owner`), wrappers included.
 """
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import dataclasses
 import functools
 import importlib
+import inspect
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 from dbinit import hookspecs
 from dbinit.checks import Check
-from dbinit.errors import FOREIGN_FAILURES, ExitCode, PluginError, is_connection_failure
+from dbinit.errors import FOREIGN_FAILURES, DbinitError, ExitCode, PluginError, is_connection_failure
 from dbinit.strategies import Strategy
 
 if TYPE_CHECKING:
@@ -39,16 +54,166 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "dbinit.plugins.strategies",
     "dbinit.plugins.commands",
 )
+#: Hooks whose implementations return a sequence: a generator returned is read into a tuple
+#: as it returns (so that wrappers, and dbinit, can read it more than once).
+SEQUENCE_HOOKS = frozenset({"dbinit_checks", "dbinit_strategies"})
 
 
 @dataclasses.dataclass(frozen=True)
 class PluginInfo:
-    """A loaded plugin: its name and where it came from."""
+    """A loaded plugin: its name, where it came from, and the object registered."""
 
     name: str
     source: str  # "builtin", "entrypoint", "DBINIT_PLUGINS"
     module: str
     distribution: str = ""
+    #: the plugin itself (a module, class or instance), as loaded
+    target: object = dataclasses.field(default=None, compare=False, repr=False)
+
+
+# -- recording what each implementation returns --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Produced:
+    """One implementation's contribution to a hook call."""
+
+    plugin: str
+    value: object
+
+
+@dataclasses.dataclass
+class HookCall:
+    """What the implementations of one hook call returned, in the order pluggy ran them."""
+
+    hook: str
+    #: non-wrapper implementations that returned something (not None), in call order
+    results: list[Produced] = dataclasses.field(default_factory=list)
+    #: wrappers' outcomes (what each returned after its ``yield``), innermost first
+    wrapped: list[Produced] = dataclasses.field(default_factory=list)
+
+
+_CURRENT: contextvars.ContextVar[HookCall | None] = contextvars.ContextVar("dbinit_hook_call", default=None)
+
+
+def _record(plugin: str, value: object, *, wrapper: bool) -> None:
+    call = _CURRENT.get()
+    if call is not None:
+        (call.wrapped if wrapper else call.results).append(Produced(plugin, value))
+
+
+def _plain_proxy(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    def proxy(*args: Any, **kwargs: Any) -> Any:
+        result = function(*args, **kwargs)
+        if hook in SEQUENCE_HOOKS and isinstance(result, types.GeneratorType):
+            result = tuple(result)
+        if result is not None:
+            _record(plugin, result, wrapper=False)
+        return result
+
+    return proxy
+
+
+def _wrapper_proxy(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    """A new-style wrapper (``wrapper=True``), delegated step by step, its outcome recorded."""
+
+    def proxy(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
+        teardown = function(*args, **kwargs)
+        try:
+            next(teardown)
+        except StopIteration:
+            raise PluginError(plugin, f"the {hook} wrapper did not yield", internal=True) from None
+        try:
+            inner = yield
+        except GeneratorExit:
+            teardown.close()
+            raise
+        except BaseException as exc:  # the inner implementations failed: the wrapper sees it
+            try:
+                teardown.throw(exc)
+            except StopIteration as stop:
+                _record(plugin, stop.value, wrapper=True)
+                return stop.value
+        else:
+            try:
+                teardown.send(inner)
+            except StopIteration as stop:
+                _record(plugin, stop.value, wrapper=True)
+                return stop.value
+        teardown.close()
+        raise PluginError(plugin, f"the {hook} wrapper yielded more than once", internal=True)
+
+    return proxy
+
+
+def _hookwrapper_proxy(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    """An old-style wrapper (``hookwrapper=True``): it gets a ``pluggy.Result``; its outcome recorded."""
+
+    def proxy(*args: Any, **kwargs: Any) -> Generator[None, Any, None]:
+        teardown = function(*args, **kwargs)
+        try:
+            next(teardown)
+        except StopIteration:
+            raise PluginError(plugin, f"the {hook} hookwrapper did not yield", internal=True) from None
+        outcome: pluggy.Result[Any] = yield
+        try:
+            teardown.send(outcome)
+        except StopIteration:
+            if outcome.exception is None:
+                _record(plugin, outcome.get_result(), wrapper=True)
+            return
+        teardown.close()
+        raise PluginError(plugin, f"the {hook} hookwrapper yielded more than once", internal=True)
+
+    return proxy
+
+
+class PluginFacade:
+    """What dbinit registers with pluggy for one plugin.
+
+    Its attributes are the plugin's hook implementations, found as pluggy
+    finds them (:meth:`pluggy.PluginManager.parse_hookimpl_opts`), with the
+    same options and, through ``__wrapped__``, the same signatures: pluggy
+    validates and orders them as it would the plugin itself. Each records
+    what it returns for the hook call in progress. An implementation declared
+    a wrapper that is not a generator function is registered as it is, for
+    pluggy to refuse.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, target: object, name: str) -> None:
+        self.dbinit_plugin_name = name
+        self.dbinit_target = target
+        #: code object of each implementation -> this plugin's name (to blame a failure)
+        self.dbinit_codes: dict[types.CodeType, str] = {}
+        for attribute in dir(target):
+            opts = pm.parse_hookimpl_opts(target, attribute)
+            if opts is None:
+                continue
+            function = getattr(target, attribute)
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            if isinstance(code, types.CodeType):
+                self.dbinit_codes[code] = name
+            hook = opts.get("specname") or attribute
+            generator = inspect.isgeneratorfunction(function)
+            proxy: Callable[..., Any]
+            if opts.get("wrapper") and generator:
+                proxy = _wrapper_proxy(function, name, hook)
+            elif opts.get("hookwrapper") and generator:
+                proxy = _hookwrapper_proxy(function, name, hook)
+            elif opts.get("wrapper") or opts.get("hookwrapper"):
+                setattr(self, attribute, function)
+                continue
+            else:
+                proxy = _plain_proxy(function, name, hook)
+            functools.update_wrapper(proxy, function)
+            setattr(proxy, f"{PROJECT}_impl", dict(opts))
+            setattr(self, attribute, proxy)
+
+    def __repr__(self) -> str:
+        return f"<plugin {self.dbinit_plugin_name!r}: {self.dbinit_target!r}>"
+
+
+# -- building the plugin manager ---------------------------------------------------------------
 
 
 def build_plugin_manager(
@@ -58,9 +223,15 @@ def build_plugin_manager(
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
+
+    def add(target: object, info: PluginInfo) -> None:
+        if any(known.target is target for known in infos):
+            return  # the same object under a second name (an entry point also in DBINIT_PLUGINS)
+        _register(pm, target, info.name)
+        infos.append(dataclasses.replace(info, target=target))
+
     for module_name in BUILTIN_PLUGINS:
-        _register(pm, importlib.import_module(module_name), module_name)
-        infos.append(PluginInfo(module_name, "builtin", module_name))
+        add(importlib.import_module(module_name), PluginInfo(module_name, "builtin", module_name))
     for entry_point in find_entry_points(PROJECT):
         if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
             continue
@@ -73,8 +244,7 @@ def build_plugin_manager(
                 f"{type(exc).__name__}: {exc}",
                 hint="Fix or uninstall the package providing it",
             ) from exc
-        _register(pm, plugin, entry_point.name)
-        infos.append(PluginInfo(entry_point.name, "entrypoint", entry_point.value, entry_point.distribution))
+        add(plugin, PluginInfo(entry_point.name, "entrypoint", entry_point.value, entry_point.distribution))
     for module_name in extra_modules:
         if pm.get_plugin(module_name) is not None:
             continue
@@ -84,17 +254,17 @@ def build_plugin_manager(
             raise PluginError(
                 module_name,
                 f"cannot be imported (from DBINIT_PLUGINS): {type(exc).__name__}: {exc}",
-                hint="Check the module name in DBINIT_PLUGINS and that it is installed",
+                hint="Check the module name in DBINIT_PLUGINS (or plugins in [tool.dbinit]) "
+                "and that it is installed",
             ) from exc
-        _register(pm, module, module_name)
-        infos.append(PluginInfo(module_name, "DBINIT_PLUGINS", module_name))
+        add(module, PluginInfo(module_name, "DBINIT_PLUGINS", module_name))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             pm.get_name(exc.plugin) or str(exc.plugin),
             str(exc),
-            hint="Hook names must match dbinit.hookspecs (see `dbinit plugins`)",
+            hint="Hook names must match dbinit.hookspecs (see docs/plugin_hooks.md)",
         ) from None
     return pm, infos
 
@@ -159,44 +329,119 @@ def find_entry_points(group: str) -> list[EntryPoint]:
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
-        pm.register(plugin, name=name)
+        pm.register(PluginFacade(pm, plugin, name), name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(
-            name, str(exc), hint="See dbinit.hookspecs for the hook signatures"
+            name, str(exc), hint="See docs/plugin_hooks.md for the hook signatures"
         ) from None
     except ValueError as exc:
         raise PluginError(name, str(exc)) from None
 
 
-def _call_each(
-    pm: pluggy.PluginManager, hook_name: str, **kwargs: Any
-) -> Iterator[tuple[str, Any]]:
-    """Call every implementation of a collecting hook, naming its plugin."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in caller.get_hookimpls():  # storage order: trylast built-ins first
-        try:
-            result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-        except FOREIGN_FAILURES as exc:
-            raise PluginError(
-                impl.plugin_name,
-                f"hook {hook_name} raised {type(exc).__name__}: {exc}",
-                internal=True,
-            ) from exc
-        if result is not None:
-            yield impl.plugin_name, result
+# -- calling hooks -----------------------------------------------------------------------------
 
 
-def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
-    """Call a notification hook; an exception is reported with the plugin's name."""
-    caller = getattr(pm.hook, hook_name)
+class Attribution:
+    """Which plugin is behind each result (and each item of a result) of one hook call.
+
+    By identity: a result an implementation returned is that plugin's; an
+    item of a result a wrapper rebuilt (filtered, reordered) is the plugin's
+    whose own result held that object; anything else was introduced by a
+    wrapper: the innermost one whose outcome holds it. Each recorded object
+    is claimed once, so two plugins returning the same object are told apart.
+    """
+
+    def __init__(self, call: HookCall) -> None:
+        self.call = call
+        self._results: dict[int, collections.deque[str]] = collections.defaultdict(collections.deque)
+        self._items: dict[int, collections.deque[str]] = collections.defaultdict(collections.deque)
+        for produced in call.results:
+            self._results[id(produced.value)].append(produced.plugin)
+            for item in _members(produced.value):
+                self._items[id(item)].append(produced.plugin)
+
+    def result_owner(self, result: object) -> str:
+        """The plugin behind one result of the call (claimed: a second identical result is another's)."""
+        owners = self._results.get(id(result))
+        if owners:
+            plugin = owners.popleft()
+            for item in _members(result):
+                claimed = self._items.get(id(item))
+                if claimed and plugin in claimed:
+                    claimed.remove(plugin)
+            return plugin
+        return self.introduced_by(result, container=True)
+
+    def item_owner(self, item: object, container_owner: str | None) -> str:
+        """The plugin behind one item of a result (``container_owner``: the result's, if an impl's)."""
+        if container_owner is not None:
+            return container_owner
+        owners = self._items.get(id(item))
+        if owners:
+            return owners.popleft()
+        return self.introduced_by(item, container=False)
+
+    def is_impl_result(self, result: object) -> bool:
+        return any(produced.value is result for produced in self.call.results)
+
+    def introduced_by(self, value: object, *, container: bool) -> str:
+        for produced in self.call.wrapped:  # innermost first
+            outcome = produced.value
+            if outcome is value:
+                return produced.plugin
+            for result in _members(outcome):
+                if result is value or (not container and any(m is value for m in _members(result))):
+                    return produced.plugin
+        wrappers = sorted({p.plugin for p in self.call.wrapped})
+        return " or ".join(repr(w) for w in wrappers) or "unknown plugin"
+
+
+def _members(value: object) -> list[object]:
+    if isinstance(value, (str, bytes)):
+        return []
+    if isinstance(value, Mapping):
+        return list(value.values())
+    if isinstance(value, (Sequence, set, frozenset)):
+        return list(value)
+    return []
+
+
+def call_hook(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> tuple[Any, Attribution]:
+    """Call a hook as pluggy does; return its result(s) and who is behind each.
+
+    A plugin that raises is a :class:`PluginError` naming it (exit 1: a bug in
+    the plugin), unless what it raised is a :class:`DbinitError` (such as a
+    :class:`~dbinit.errors.ConfigurationError` about its own options), which
+    keeps its own exit code, with the plugin named.
+    """
+    caller: pluggy.HookCaller = getattr(pm.hook, hook_name)
+    call = HookCall(hook_name)
+    token = _CURRENT.set(call)
     try:
-        caller(**kwargs)
+        result = caller(**kwargs)
+    except PluginError:
+        raise
+    except DbinitError as exc:
+        plugin = blame(pm, exc)
+        if plugin != "unknown plugin" and not exc.message.startswith("plugin "):
+            exc.message = f"plugin {plugin!r}: {exc.message}"
+        raise
     except FOREIGN_FAILURES as exc:
         raise PluginError(
-            _blame(exc, caller.get_hookimpls()),
-            f"hook {hook_name} raised {type(exc).__name__}: {exc}",
-            internal=True,
+            blame(pm, exc), f"hook {hook_name} raised {type(exc).__name__}: {exc}", internal=True
         ) from exc
+    finally:
+        _CURRENT.reset(token)
+    return result, Attribution(call)
+
+
+def blame(pm: pluggy.PluginManager, exc: BaseException) -> str:
+    """The plugin whose implementation ran the innermost frame of ``exc``'s traceback."""
+    codes: dict[Any, str] = {}
+    for facade in pm.get_plugins():
+        if isinstance(facade, PluginFacade):
+            codes.update(facade.dbinit_codes)
+    return innermost_owner(exc, codes) or "unknown plugin"
 
 
 def innermost_owner(exc: BaseException, owners: Mapping[Any, T]) -> T | None:
@@ -212,13 +457,9 @@ def innermost_owner(exc: BaseException, owners: Mapping[Any, T]) -> T | None:
     return found
 
 
-def _blame(exc: BaseException, impls: Sequence[pluggy.HookImpl]) -> str:
-    codes = {
-        impl.function.__code__: impl.plugin_name
-        for impl in impls
-        if hasattr(impl.function, "__code__")
-    }
-    return innermost_owner(exc, codes) or "unknown plugin"
+def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
+    """Call a notification hook; an exception is reported with the plugin's name."""
+    call_hook(pm, hook_name, **kwargs)
 
 
 _LOADED: dict[tuple[str, ...], Registry] = {}
@@ -226,103 +467,171 @@ _LOADED: dict[tuple[str, ...], Registry] = {}
 
 @dataclasses.dataclass
 class Registry:
-    """The plugin manager plus everything plugins contribute, validated."""
+    """The plugin manager plus everything plugins contribute, validated.
+
+    One per process for a given ``plugins`` setting (:meth:`load`): the
+    dispatcher, the command, the Python API and the ASGI gate get the same
+    object. What hooks contribute is collected once per settings value.
+    """
 
     pm: pluggy.PluginManager
     plugins: list[PluginInfo]
+    _collected: dict[tuple[str, object], Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, extra_modules: Sequence[str] = ()) -> Registry:
-        """The registry for these extra modules, built once per process.
-
-        The dispatcher (to find the command) and the command (to run it) ask
-        for the same plugins: they get the same registry, loaded once.
-        """
+        """The registry for these plugin modules (the ``plugins`` setting), built once per process."""
         key = tuple(extra_modules)
         if key not in _LOADED:
             pm, infos = build_plugin_manager(key)
             _LOADED[key] = cls(pm, infos)
         return _LOADED[key]
 
-    @functools.cached_property
-    def checks(self) -> tuple[Check, ...]:
-        return tuple(self._collect("dbinit_checks", Check, lambda c: c.id, "check id"))
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Registry:
+        """The registry of ``settings.plugins``: the same object the dispatcher used."""
+        return cls.load(settings.plugins)
 
-    @functools.cached_property
-    def strategies(self) -> Mapping[str, Strategy]:
-        items = self._collect("dbinit_strategies", Strategy, lambda s: s.name, "strategy name")
-        return {s.name: s for s in items}
+    def _once(self, hook: str, settings: object, collect: Callable[[], T]) -> T:
+        key = (hook, settings)
+        if key not in self._collected:
+            self._collected[key] = collect()
+        return self._collected[key]  # type: ignore[no-any-return]
 
-    @functools.cached_property
-    def commands(self) -> Mapping[str, tuple[str, Any]]:
-        """Command name -> (plugin name, class or module path)."""
-        found: dict[str, tuple[str, Any]] = {}
-        for plugin, mapping in _call_each(self.pm, "dbinit_commands"):
-            if not isinstance(mapping, Mapping):
+    def checks(self, settings: Settings) -> tuple[Check, ...]:
+        """``dbinit_checks``: every check, in pluggy's result order, each with its plugin's name."""
+        return self._once(
+            "dbinit_checks",
+            settings,
+            lambda: tuple(self._collect("dbinit_checks", settings, Check, lambda c: c.id, "check id")),
+        )
+
+    def strategies(self, settings: Settings) -> Mapping[str, Strategy]:
+        """``dbinit_strategies``: name -> strategy, each with its plugin's name."""
+
+        def collect() -> dict[str, Strategy]:
+            items = self._collect("dbinit_strategies", settings, Strategy, lambda s: s.name, "strategy name")
+            forced = [s for s in items if s.force_recreate]
+            if len(forced) > 1:
+                first, second = sorted(forced[:2], key=lambda s: self._rank(s.plugin))
                 raise PluginError(
-                    plugin, "dbinit_commands must return a mapping of name to command"
+                    second.plugin,
+                    f"strategy {second.name!r} is marked force_recreate, and so is strategy "
+                    f"{first.name!r} of plugin {first.plugin!r}",
+                    hint="DB_FORCE_RECREATE selects one strategy. To replace the built-in one, "
+                    "remove it with a wrapper=True dbinit_strategies (see docs/plugin_hooks.md)",
                 )
-            for name, spec in mapping.items():
-                if name in found:
-                    raise PluginError(
-                        plugin,
-                        f"command {name!r} is already provided by plugin {found[name][0]!r}",
-                        hint="Rename one of the commands",
-                    )
-                found[name] = (plugin, spec)
-        return dict(sorted(found.items()))
+            return {s.name: s for s in items}
 
-    def _collect(self, hook: str, kind: type, key: Callable[[Any], str], what: str) -> list[Any]:
+        return self._once("dbinit_strategies", settings, collect)
+
+    def commands(self, settings: Settings | None) -> Mapping[str, tuple[str, Any]]:
+        """``dbinit_commands``: command name -> (plugin name, class or module path), sorted by name."""
+
+        def collect() -> dict[str, tuple[str, Any]]:
+            hook = "dbinit_commands"
+            results, who = call_hook(self.pm, hook, settings=settings)
+            found: dict[str, tuple[str, Any]] = {}
+            for mapping in _results_list(results, who, hook):
+                owner = who.result_owner(mapping)
+                if not isinstance(mapping, Mapping):
+                    raise PluginError(owner, f"{hook} must return a mapping of name to command")
+                own = owner if who.is_impl_result(mapping) else None
+                for name, spec in mapping.items():
+                    plugin = who.item_owner(spec, own)
+                    if name in found:
+                        raise self._duplicate("command", name, plugin, found[name][0])
+                    found[name] = (plugin, spec)
+            return dict(sorted(found.items()))
+
+        return self._once("dbinit_commands", settings, collect)
+
+    def _collect(
+        self, hook: str, settings: Settings, kind: type, key: Callable[[Any], str], what: str
+    ) -> list[Any]:
+        results, who = call_hook(self.pm, hook, settings=settings)
         items: list[Any] = []
         owners: dict[str, str] = {}
-        for plugin, result in _call_each(self.pm, hook):
-            if isinstance(result, (str, bytes)) or not isinstance(
-                result, (Sequence, types.GeneratorType)
-            ):
-                raise PluginError(plugin, f"{hook} must return a sequence of {kind.__name__}")
+        for result in _results_list(results, who, hook):
+            owner = who.result_owner(result)
+            if isinstance(result, (str, bytes)) or not isinstance(result, Sequence):
+                raise PluginError(
+                    owner, f"{hook} returned {type(result).__name__}, not a sequence of {kind.__name__}"
+                )
+            own = owner if who.is_impl_result(result) else None
             for item in result:
+                plugin = who.item_owner(item, own)
                 if not isinstance(item, kind):
                     raise PluginError(
                         plugin, f"{hook} returned {type(item).__name__}, not {kind.__name__}"
                     )
                 name = key(item)
                 if name in owners:
-                    raise PluginError(
-                        plugin,
-                        f"{what} {name!r} is already provided by plugin {owners[name]!r}",
-                        hint=f"Each {what} must be unique",
-                    )
+                    raise self._duplicate(what, name, plugin, owners[name])
                 owners[name] = plugin
                 items.append(dataclasses.replace(item, plugin=plugin))
         return items
 
-    def notify(self, hook_name: str, **kwargs: Any) -> None:
-        notify(self.pm, hook_name, **kwargs)
+    def _rank(self, plugin: str) -> int:
+        for index, info in enumerate(self.plugins):
+            if info.name == plugin:
+                return index
+        return len(self.plugins)
+
+    def _duplicate(self, what: str, name: str, plugin: str, other: str) -> PluginError:
+        """A name contributed twice: the plugin registered later is named, the other mentioned."""
+        later, earlier = (plugin, other) if self._rank(plugin) >= self._rank(other) else (other, plugin)
+        if later == earlier:
+            return PluginError(
+                later, f"{what} {name!r} is contributed twice", hint=f"Each {what} must be unique"
+            )
+        return PluginError(
+            later,
+            f"{what} {name!r} is already provided by plugin {earlier!r}",
+            hint=f"Each {what} must be unique",
+        )
+
+    def notify(self, hook_name: str, *, settings: Settings, **kwargs: Any) -> None:
+        """Call a notification hook (every implementation, in pluggy's order)."""
+        call_hook(self.pm, hook_name, settings=settings, **kwargs)
 
     def migration_contexts(self, settings: Settings) -> list[tuple[str, AbstractContextManager[object]]]:
         """``dbinit_migration_context``: each plugin's context manager, with the plugin's name.
 
+        In pluggy's result order (entered in that order, the first outermost).
         Called anew for each run of Alembic (a context such as Flask's is
         made for one use). A plugin that raises, or returns something that
         is not a context manager, is named (:func:`context_failure`).
         """
-        found: list[tuple[str, AbstractContextManager[object]]] = []
         hook = "dbinit_migration_context"
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            try:
-                result = impl.function(**({"settings": settings} if "settings" in impl.argnames else {}))
-            except FOREIGN_FAILURES as exc:
-                raise context_failure(impl.plugin_name, f"hook {hook}", exc) from exc
-            if result is None:
-                continue
+        try:
+            results, who = call_hook(self.pm, hook, settings=settings)
+        except PluginError as exc:
+            if exc.exit_code != ExitCode.INTERNAL_ERROR or exc.__cause__ is None:
+                raise
+            raise context_failure(exc.plugin, f"hook {hook}", exc.__cause__) from exc.__cause__
+        found: list[tuple[str, AbstractContextManager[object]]] = []
+        for result in _results_list(results, who, hook):
+            plugin = who.result_owner(result)
             if not (hasattr(result, "__enter__") and hasattr(result, "__exit__")):
                 raise PluginError(
-                    impl.plugin_name,
+                    plugin,
                     f"{hook} returned {type(result).__name__}, not a context manager",
                     hint="Return a context manager (e.g. app.app_context()) or None",
                 )
-            found.append((impl.plugin_name, result))
+            found.append((plugin, result))
         return found
+
+
+def _results_list(results: object, who: Attribution, hook: str) -> Iterable[object]:
+    """The list pluggy returns; a wrapper that returned something else is named."""
+    if not isinstance(results, list):
+        raise PluginError(
+            who.introduced_by(results, container=True),
+            f"the {hook} wrapper returned {type(results).__name__}, not the list of results",
+            hint="A wrapper returns the (possibly changed) list it got from its yield",
+        )
+    return [r for r in results if r is not None]
 
 
 def context_failure(plugin: str, what: str, exc: BaseException) -> PluginError:

@@ -103,3 +103,6 @@ class Strategy:
     #: whether ``run`` runs Alembic in this process (and so needs Alembic's
     #: configuration, not only the versions folder dbinit verifies against)
     runs_alembic: bool = True
+    #: whether ``DB_FORCE_RECREATE=true`` selects this strategy (the built-in ``recreate``
+    #: does; at most one registered strategy may say so)
+    force_recreate: bool = False

@@ -46,7 +46,7 @@ async def verify(
     :class:`DatabaseUnreachable` if the database cannot be reached.
     """
     started = time.perf_counter()
-    selected = list(registry.checks if checks is None else checks)
+    selected = list(registry.checks(settings) if checks is None else checks)
     reads_database = any(c.requires_database for c in selected)
     ran = [c.id for c in selected]
     if not quiet:
@@ -108,7 +108,7 @@ async def verify(
     if not quiet:
         _log_outcome(log, report, ran)
     if notify:
-        registry.notify("dbinit_verify_finished", report=report)
+        registry.notify("dbinit_verify_finished", report=report, settings=settings)
     return report
 
 

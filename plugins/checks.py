@@ -417,6 +417,6 @@ BUILTIN_CHECKS: tuple[Check, ...] = (
 )
 
 
-@hookimpl(trylast=True)
+@hookimpl(tryfirst=True)  # run first: other checks may `requires` the built-ins
 def dbinit_checks() -> tuple[Check, ...]:
     return BUILTIN_CHECKS

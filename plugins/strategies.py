@@ -49,7 +49,11 @@ def check_command(settings: Settings) -> None:
 
 UPGRADE = Strategy("upgrade", run_upgrade, "Alembic upgrade heads, one transaction per migration")
 RECREATE = Strategy(
-    "recreate", run_recreate, "Drop everything in the target schema, then upgrade", destructive=True
+    "recreate",
+    run_recreate,
+    "Drop everything in the target schema, then upgrade",
+    destructive=True,
+    force_recreate=True,
 )
 
 COMMAND = Strategy(

@@ -211,7 +211,7 @@ class BaseCommand:
         self.log = get_logger(self.settings.service)
         for note in self.settings.notes():
             self.log.warning(note)
-        self.registry = Registry.load(self.settings.plugins)
+        self.registry = Registry.for_settings(self.settings)
         code = self.handle(**options)
         return int(code or 0)
 
