@@ -14,6 +14,12 @@ the field names (``service_name = "orders"``, ``lock_timeout = 120``).
 The ``.env`` file is ``./.env`` (the working directory's), or the file named by
 ``DBINIT_ENV_FILE`` (read from the process environment only); ``DBINIT_ENV_FILE=``
 (empty) reads none.
+
+:func:`plugin_modules` reads the ``plugins`` setting alone, from the same
+sources (the dispatcher needs it before a command's settings are valid).
+A plugin's own options are a :class:`PluginSettings` subclass, read from the
+same sources with the same precedence: ``DBINIT_<PLUGIN>_<OPTION>`` in the
+environment and ``.env``, ``[tool.dbinit.<plugin>]`` in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, AliasChoices, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
@@ -389,3 +395,146 @@ def _hint(exc: ValidationError) -> str:
     if fields & {"readiness_path", "liveness_path"}:
         return "Probe paths are URL paths starting with '/', e.g. /readyz"
     return "Fix the value in the environment, .env or [tool.dbinit] in pyproject.toml"
+
+
+# -- the plugins setting alone, and plugins' own options ----------------------------------------
+
+
+class _PluginsSetting(BaseSettings):
+    """Only ``plugins``, read from the same sources as :class:`Settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DBINIT_",
+        env_file=".env",
+        extra="ignore",
+        pyproject_toml_table_header=("tool", "dbinit"),
+        frozen=True,
+    )
+
+    plugins: CommaList = ()
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return Settings._split_commas(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, PyprojectTomlConfigSettingsSource(settings_cls))
+
+
+def plugin_modules() -> tuple[str, ...]:
+    """The ``plugins`` setting (``DBINIT_PLUGINS``, ``.env``, ``[tool.dbinit]``), read alone.
+
+    What the dispatcher builds the process's registry from, before any
+    command runs: the other settings may be invalid (the command reports
+    them). Raises :class:`ConfigurationError` when ``plugins`` itself cannot
+    be read (or ``DBINIT_ENV_FILE`` names no file).
+    """
+    try:
+        return _PluginsSetting(_env_file=env_file()).plugins  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"] for e in exc.errors(include_input=False, include_url=False))
+        raise ConfigurationError(
+            f"invalid setting DBINIT_PLUGINS: {problems}",
+            hint="plugins is a comma-separated list of modules (a list of strings in [tool.dbinit])",
+        ) from None
+
+
+def _env_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).upper()
+
+
+def plugin_config(name: str, **extra: Any) -> SettingsConfigDict:
+    """The ``model_config`` of a plugin's :class:`PluginSettings`: options of plugin ``name``.
+
+    ``DBINIT_<NAME>_<OPTION>`` in the environment and ``.env`` (``name``
+    upper-cased, other characters than letters and digits as ``_``), and
+    ``[tool.dbinit.<name>]`` in ``pyproject.toml``. ``extra`` adds to (or
+    overrides) the configuration, e.g. ``case_sensitive=True``.
+    """
+    return SettingsConfigDict(
+        env_prefix=f"DBINIT_{_env_name(name)}_",
+        env_file=".env",
+        extra="ignore",
+        pyproject_toml_table_header=("tool", "dbinit", name),
+        frozen=True,
+        **extra,  # type: ignore[typeddict-item]
+    )
+
+
+P = TypeVar("P", bound="PluginSettings")
+
+
+class PluginSettings(BaseSettings):
+    """The base of a plugin's options, read like dbinit's own settings.
+
+    ::
+
+        from dbinit.settings import PluginSettings, plugin_config
+
+        class MetricsSettings(PluginSettings):
+            model_config = plugin_config("metrics")
+            path: Path = Path("metrics.prom")
+            timeout: float = 1.0
+
+        @hookimpl
+        def dbinit_verify_finished(report, settings):
+            options = MetricsSettings.load()   # DBINIT_METRICS_PATH, [tool.dbinit.metrics] path
+
+    Precedence as for :class:`Settings`: keyword arguments of :meth:`load` >
+    environment > ``.env`` (``./.env`` or ``DBINIT_ENV_FILE``) >
+    ``[tool.dbinit.<name>]`` > default. An invalid value is a
+    :class:`ConfigurationError` (exit 2) naming the variable, never echoing
+    the value.
+    """
+
+    model_config: ClassVar[SettingsConfigDict] = plugin_config("plugin")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, PyprojectTomlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def load(cls: type[P], **overrides: Any) -> P:
+        """Read the options; ``overrides`` (None: not given) win over every source."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        try:
+            return cls(**given, _env_file=env_file())  # type: ignore[call-arg]
+        except ValidationError as exc:
+            problems = [
+                f"{cls.option_name(e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            ]
+            header = cls.model_config.get("pyproject_toml_table_header", ())
+            raise ConfigurationError(
+                "invalid setting " + "; ".join(problems),
+                hint=f"Fix the value in the environment, .env or [{'.'.join(header)}] in pyproject.toml",
+            ) from None
+
+    @classmethod
+    def option_name(cls, loc: tuple[int | str, ...]) -> str:
+        """How an option is spelled in the environment: ``DBINIT_METRICS_PATH``."""
+        field = str(loc[0]) if loc else "settings"
+        info = cls.model_fields.get(field)
+        if info is not None and isinstance(info.validation_alias, AliasChoices):
+            first = info.validation_alias.choices[0]
+            if isinstance(first, str):
+                return first
+        if info is not None and isinstance(info.validation_alias, str):
+            return info.validation_alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()

@@ -7,35 +7,70 @@ come from ``dbinit.commands`` and from plugins (``dbinit_commands``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, NoReturn, TextIO
 
 from dbinit import __version__
-from dbinit.errors import FOREIGN_FAILURES, DbinitError, PluginError
+from dbinit.errors import FOREIGN_FAILURES, ConfigurationError, DbinitError, PluginError
 from dbinit.management.base import BaseCommand, CommandError
 
 __all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line", "main"]
 
 
-def _registry_commands() -> dict[str, tuple[str, Any]]:
-    from dbinit.pluginmanager import Registry
+@dataclasses.dataclass(frozen=True)
+class Commands:
+    """The commands the dispatcher can run, and why plugins' commands are missing, if they are."""
 
-    extra = tuple(p.strip() for p in os.environ.get("DBINIT_PLUGINS", "").split(",") if p.strip())
-    return dict(Registry.load(extra).commands)
+    commands: Mapping[str, tuple[str, Any]]
+    #: the ``plugins`` setting could not be read: only the built-in commands are here
+    unreadable: ConfigurationError | None = None
+
+    def get(self, name: str) -> tuple[str, Any]:
+        if name in self.commands:
+            return self.commands[name]
+        if self.unreadable is not None:
+            raise self.unreadable
+        raise CommandError(
+            f"Unknown command: {name!r}",
+            hint="Type 'dbinit help' for the list of commands",
+        )
+
+
+def _registry_commands() -> Commands:
+    """The commands of the process's registry (the one every command then uses).
+
+    Built from the ``plugins`` setting alone (:func:`dbinit.settings.plugin_modules`:
+    the environment, ``.env``, ``[tool.dbinit]``), so that a command's other
+    invalid settings are reported by that command (exit 2, and the JSON error
+    object with ``--format json``), not here. ``dbinit_commands`` gets the
+    settings read from the same sources, or None when they are invalid.
+    When ``plugins`` itself cannot be read, the built-in commands still run
+    (and report that error themselves); any other is that error.
+    """
+    from dbinit.pluginmanager import Registry
+    from dbinit.settings import load_settings, plugin_modules
+
+    unreadable: ConfigurationError | None = None
+    try:
+        modules = plugin_modules()
+    except ConfigurationError as exc:
+        modules, unreadable = (), exc
+    registry = Registry.load(modules)
+    try:
+        settings = load_settings()
+    except ConfigurationError:
+        settings = None  # reported by the command, which reads them again (with its flags)
+    return Commands(registry.commands(settings), unreadable)
 
 
 def load_command_class(
     name: str, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> BaseCommand:
-    commands = _registry_commands()
-    if name not in commands:
-        raise CommandError(
-            f"Unknown command: {name!r}",
-            hint="Type 'dbinit help' for the list of commands",
-        )
-    plugin, spec = commands[name]
+    plugin, spec = _registry_commands().get(name)
     if isinstance(spec, str):
         try:
             module = importlib.import_module(spec)
@@ -86,7 +121,9 @@ class ManagementUtility:
             self.prog_name = "python -m dbinit"
 
     def main_help_text(self) -> str:
-        commands = _registry_commands()
+        found = _registry_commands()
+        if found.unreadable is not None:
+            raise found.unreadable
         lines = [
             f"Usage: {self.prog_name} <command> [options]",
             "",
@@ -96,7 +133,7 @@ class ManagementUtility:
             "",
             "Available commands:",
         ]
-        for name, (plugin, _spec) in commands.items():
+        for name, (plugin, _spec) in found.commands.items():
             origin = "" if plugin.startswith("dbinit.") else f"  [{plugin}]"
             lines.append(f"    {name}{origin}")
         lines.append("    help")
