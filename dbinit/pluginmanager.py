@@ -325,6 +325,53 @@ class Registry:
         return found
 
 
+    def operation_contexts(
+        self, operation: str, attributes: Mapping[str, Any], settings: Settings
+    ) -> list[tuple[str, AbstractContextManager[object]]]:
+        """``dbinit_operation``: each observer's context manager for ``operation``, with its plugin."""
+        hook = "dbinit_operation"
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        if not impls:
+            return []
+        given = {"operation": operation, "attributes": types.MappingProxyType(dict(attributes)),
+                 "settings": settings}
+        found: list[tuple[str, AbstractContextManager[object]]] = []
+        for impl in impls:
+            try:
+                result = impl.function(**{k: v for k, v in given.items() if k in impl.argnames})
+            except FOREIGN_FAILURES as exc:
+                raise PluginError(impl.plugin_name, f"hook {hook} raised {type(exc).__name__}: {exc}",
+                                  internal=True) from exc
+            if result is None:
+                continue
+            if not (hasattr(result, "__enter__") and hasattr(result, "__exit__")):
+                raise PluginError(
+                    impl.plugin_name, f"{hook} returned {type(result).__name__}, not a context manager",
+                    hint="Return a context manager (e.g. a tracer's span) or None", internal=True,
+                )
+            found.append((impl.plugin_name, result))
+        return found
+
+    def asgi_endpoints(self, settings: Settings, taken: Sequence[str] = ()) -> dict[str, Any]:
+        """``dbinit_asgi_endpoints``: path -> ASGI app, each path once (``taken``: the probes')."""
+        hook = "dbinit_asgi_endpoints"
+        found: dict[str, Any] = {}
+        owners = dict.fromkeys(taken, "dbinit (DBINIT_READINESS_PATH / DBINIT_LIVENESS_PATH)")
+        for plugin, mapping in _call_each(self.pm, hook, settings=settings):
+            if not isinstance(mapping, Mapping):
+                raise PluginError(plugin, f"{hook} must return a mapping of path to ASGI application")
+            for path, app in mapping.items():
+                if not (isinstance(path, str) and path.startswith("/")) or not callable(app):
+                    raise PluginError(plugin, f"{hook}: {path!r} must be a path starting with '/' "
+                                      "mapped to an ASGI application")
+                if path in owners:
+                    raise PluginError(plugin, f"{hook}: path {path!r} is already served by {owners[path]}",
+                                      hint="Give the endpoint another path")
+                owners[path] = f"plugin {plugin!r}"
+                found[path] = app
+        return found
+
+
 def context_failure(plugin: str, what: str, exc: BaseException) -> PluginError:
     """A migration context (``dbinit_migration_context``) failed before Alembic ran.
 
