@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from dbinit.errors import (
-    FOREIGN_FAILURES,
     ConfigurationError,
     DatabaseUnreachable,
     DbinitError,
     Interrupted,
     LockLost,
     MigrationFailed,
-    PluginError,
     is_connection_failure,
 )
 
@@ -40,6 +38,7 @@ if TYPE_CHECKING:
 
     from dbinit.identity import DatabaseIdentity
     from dbinit.interrupts import RunControl
+    from dbinit.operations import Operations
     from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
@@ -139,45 +138,19 @@ def preflight(settings: Settings, scripts: MigrationScripts) -> None:
 PluginContext = tuple[str, "AbstractContextManager[object]"]
 
 
-@contextlib.contextmanager
-def entered(contexts: Sequence[PluginContext]) -> Iterator[None]:
+def entered(contexts: Sequence[PluginContext]) -> AbstractContextManager[None]:
     """Enter the plugins' migration contexts (``dbinit_migration_context``), the first outermost.
 
-    Each is exited in reverse order, whatever the body raised; what its
-    ``__exit__`` returns is ignored (a context cannot swallow a failure). A
-    context that raises on entry or exit is blamed on its plugin.
+    See :func:`dbinit.operations.entered`; one that raises on entry is a
+    configuration error (:func:`dbinit.pluginmanager.context_failure`).
     """
-    if not contexts:
-        yield
-        return
+    from dbinit.operations import entered as enter_all
     from dbinit.pluginmanager import context_failure
 
-    (plugin, manager), rest = contexts[0], contexts[1:]
-    try:
-        manager.__enter__()
-    except FOREIGN_FAILURES as exc:
-        raise context_failure(plugin, "entering its dbinit_migration_context", exc) from exc
-    try:
-        with entered(rest):
-            yield
-    except BaseException as exc:
-        try:
-            manager.__exit__(type(exc), exc, exc.__traceback__)
-        except FOREIGN_FAILURES as exit_exc:
-            if exit_exc is exc:
-                raise
-            raise PluginError(
-                plugin, f"leaving its dbinit_migration_context raised {type(exit_exc).__name__}: "
-                f"{exit_exc} (after: {type(exc).__name__}: {exc})", internal=True,
-            ) from exit_exc
-        raise
-    try:
-        manager.__exit__(None, None, None)
-    except FOREIGN_FAILURES as exc:
-        raise PluginError(
-            plugin, f"leaving its dbinit_migration_context raised {type(exc).__name__}: {exc}",
-            internal=True,
-        ) from exc
+    def failed(plugin: str, hook: str, exc: BaseException) -> DbinitError:
+        return context_failure(plugin, f"entering its {hook}", exc)
+
+    return enter_all(contexts, "dbinit_migration_context", failed)
 
 
 def upgrade(
@@ -188,8 +161,12 @@ def upgrade(
     *,
     contexts: Sequence[PluginContext] = (),
     identity: DatabaseIdentity | None = None,
+    operations: Operations | None = None,
 ) -> list[str]:
     """``alembic upgrade heads``; returns the applied revisions in order.
+
+    Each revision is a ``revision`` operation of ``operations``
+    (``dbinit_operation``), from its start to just before its commit.
 
     ``contexts`` (from :meth:`Registry.migration_contexts`) are entered around
     ``env.py``'s run, in this thread (:func:`entered`). ``identity`` is the
@@ -214,6 +191,7 @@ def upgrade(
     script = ScriptDirectory.from_config(config)
     applied: list[str] = []
     planned: list[str] = []
+    observed = RevisionOperations(operations, planned)
 
     def on_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         if control is not None:
@@ -223,6 +201,8 @@ def upgrade(
         if step.is_upgrade:
             applied.append(step.up_revision_id)
             log.info("Migration applied", revision=step.up_revision_id, doc=step.up_revision.doc)
+        observed.end()
+        observed.begin_next()
 
     def steps(rev: Any, context: Any) -> Any:
         if control is not None:
@@ -231,6 +211,7 @@ def upgrade(
         planned.extend(step.revision.revision for step in result)
         if result:
             log.info("Running pending migrations", count=len(result))
+        observed.begin_next()
         return result
 
     def per_migration(kwargs: dict[str, Any]) -> None:
@@ -250,6 +231,7 @@ def upgrade(
         with alembic_logging(log), entered(contexts), listening(listeners), environment:
             script.run_env()
     except Exception as exc:
+        observed.end(exc)
         failing = next((r for r in planned if r not in applied), None)
         if control is not None and control.stopping:
             if isinstance(exc, (Interrupted, LockLost)):
@@ -262,6 +244,42 @@ def upgrade(
             raise  # ours, already classified (e.g. a version table env.py configures differently)
         raise migration_error(exc, failing, scripts, settings, applied) from exc
     return applied
+
+
+class RevisionOperations:
+    """Each planned revision as a ``revision`` operation: begun when it starts, ended before its commit.
+
+    Alembic says when a revision is applied (``on_version_apply``), not when
+    one starts: revisions run one after the other, so the next one starts
+    when the previous one was applied (the first, when the plan is known).
+    """
+
+    def __init__(self, operations: Operations | None, planned: list[str]) -> None:
+        self.operations = operations
+        self.planned = planned
+        self.started = 0
+        self.open: contextlib.ExitStack | None = None
+
+    def begin_next(self) -> None:
+        if self.operations is None or self.started >= len(self.planned):
+            return
+        stack = contextlib.ExitStack()
+        revision = self.planned[self.started]
+        self.started += 1
+        stack.enter_context(
+            self.operations.run("revision", revision=revision, index=self.started, count=len(self.planned))
+        )
+        self.open = stack
+
+    def end(self, failure: BaseException | None = None) -> None:
+        """End the running revision's operation (with ``failure``, the exception that ended it)."""
+        stack, self.open = self.open, None
+        if stack is None:
+            return
+        if failure is None:
+            stack.close()
+        else:
+            stack.__exit__(type(failure), failure, failure.__traceback__)
 
 
 def _where_stopped(failing: str | None, applied: list[str], *, whole: bool) -> tuple[str, list[str]]:

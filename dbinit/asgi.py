@@ -240,6 +240,8 @@ class DatabaseGate:
         self._settings_traceback: types.TracebackType | None = None
         self._redactor = Redactor()
         self._registry: Registry | None = None
+        #: Plugins' HTTP endpoints (``dbinit_asgi_endpoints``): path -> ASGI app, known at startup.
+        self.endpoints: dict[str, ASGIApp] = {}
         self._scripts: MigrationScripts | None = None
         self._probe: Probe | None = None
         self._log: FilteringBoundLogger | None = None
@@ -355,6 +357,8 @@ class DatabaseGate:
         if settings.force_recreate:
             self.log.warning("DB_FORCE_RECREATE ignored: services only verify")
         self._registry = Registry.for_settings(settings)
+        probes = [path for path in (settings.readiness_path, settings.liveness_path) if path]
+        self.endpoints = self._registry.asgi_endpoints(settings, taken=probes)
         self._scripts = read_scripts(settings)
         deadline = self._clock() + settings.startup_timeout
         delays = backoff_delays(initial=0.2)
@@ -442,7 +446,8 @@ class DatabaseGate:
         try:
             probe = await self._connect()
             report = await verify(
-                self.settings, self._registry, self.log, scripts=self._scripts, probe=probe, quiet=True
+                self.settings, self._registry, self.log, scripts=self._scripts, probe=probe, quiet=True,
+                operation="readiness",
             )
         except Exception as exc:
             await self._drop_probe()  # a broken connection is reopened next time
@@ -537,6 +542,10 @@ class GateMiddleware:
             return
         if kind == "http" and scope.get("path") in self._probe_paths():
             await self._probe(scope, send)
+            return
+        endpoint = self.gate.endpoints.get(scope.get("path", "")) if kind == "http" else None
+        if endpoint is not None:
+            await endpoint(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

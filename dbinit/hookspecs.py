@@ -55,7 +55,7 @@ silently skipped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -182,4 +182,71 @@ def dbinit_migration_context(settings: Settings) -> AbstractContextManager[objec
         raised is a failure to reach the database; a plugin whose ``__exit__``
         raises is named with exit 1. A result that is not a context manager
         is exit 2, naming the plugin.
+    """
+
+
+@hookspec
+def dbinit_operation(
+    operation: str, attributes: Mapping[str, str | int | float | bool], settings: Settings
+) -> AbstractContextManager[object] | None:
+    """Observe one of dbinit's operations while it runs: a span, a timer, a gauge.
+
+    For traces and metrics: dbinit enters the context manager when the
+    operation starts and exits it when the operation ends, with the exception
+    if it failed (``__exit__(type, exc, tb)``)::
+
+        @hookimpl
+        def dbinit_operation(operation, attributes):
+            return tracer.start_as_current_span(f"dbinit.{operation}", attributes=dict(attributes))
+
+    Called at the start of each operation (see :mod:`dbinit.operations` for
+    the attributes of each):
+
+    - ``verify``: every verification (``dbinit verify``, the gate's startup,
+      ``migrate``'s final verification, ``wait --until-verified``'s attempts);
+      ``dbinit_verify_finished`` fires inside it, so an observer can read the
+      report there while its span or timer is still open;
+    - ``readiness``: the ASGI gate's readiness re-check (a verification on
+      its kept connection; ``dbinit_verify_finished`` fires inside it too);
+    - ``migrate``: a ``migrate`` run, from before the lock to the end;
+    - ``lock_wait``: waiting for (and taking) the migration lock;
+    - ``revision``: one revision applied by Alembic, in the migration thread
+      (it ends just before the revision's transaction commits);
+    - ``after_migrate``: the after-migrate step (``DBINIT_AFTER_MIGRATE``).
+
+    Nested operations nest their contexts (``revision`` inside ``migrate``);
+    the thread's context variables are those of the enclosing operation, so a
+    tracer's current span is the parent.
+
+    :param operation: the operation's name (above).
+    :param attributes: what it is about; values are str, int, float or bool
+        and never hold a password (a database is its display name).
+    :param settings: the run's :class:`dbinit.settings.Settings`.
+    :return: a context manager, or None. *All* results are entered, the first
+        outermost, and exited in reverse order; ``__exit__``'s return value is
+        ignored (an observer cannot swallow a failure). A hook or context that
+        raises is a bug in its plugin (exit 1, the plugin named).
+    """
+
+
+@hookspec
+def dbinit_asgi_endpoints(settings: Settings) -> Mapping[str, Callable[..., Awaitable[None]]] | None:
+    """Serve HTTP endpoints of a plugin's on the service's port, beside the probes.
+
+    For a metrics endpoint (``/metrics``) or a plugin's own status page::
+
+        @hookimpl
+        def dbinit_asgi_endpoints(settings):
+            return {"/metrics": metrics_app}
+
+    Called once, at the ASGI gate's startup (after the settings loaded, before
+    verification). The gate answers an ``http`` request whose path is one of
+    the keys by calling that ASGI 3 application (``await app(scope, receive,
+    send)``) instead of the service's; every other request is the service's.
+
+    :param settings: the run's :class:`dbinit.settings.Settings`.
+    :return: a mapping of path (``/...``) to ASGI application, or None. All
+        results are collected; a path taken twice (by two plugins, or by a
+        plugin and ``DBINIT_READINESS_PATH``/``DBINIT_LIVENESS_PATH``) is a
+        configuration error naming the plugin (exit 2).
     """

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from dbinit.interrupts import RunControl
+    from dbinit.operations import Operations
     from dbinit.settings import Settings
 
 POLL_SECONDS = 0.25
@@ -231,29 +232,41 @@ async def migration_lock(
     *,
     target: str = "head",
     control: RunControl | None = None,
+    operations: Operations | None = None,
 ) -> AsyncIterator[HeldLock]:
     """Hold the migration lock for the body; raises :class:`LockTimeout` (exit 6).
 
     ``target`` (the revision being migrated to) is part of the holder's name;
-    a stop request (``control``) ends the wait with :class:`Interrupted`.
+    a stop request (``control``) ends the wait with :class:`Interrupted`. The
+    wait (until the lock is taken or the wait fails) is the ``lock_wait``
+    operation of ``operations`` (``dbinit_operation``).
     """
+    waiting: contextlib.AbstractContextManager[None] = (
+        operations.run("lock_wait", service=settings.service, database=settings.url.display_name)
+        if operations is not None else contextlib.nullcontext()
+    )
     if settings.url.is_sqlite:
-        async with _sqlite_lock(settings, log, holder_name(settings, target), control) as held:
+        async with _sqlite_lock(settings, log, holder_name(settings, target), control, waiting) as held:
             yield held
     else:
-        async with _postgres_lock(settings, log, holder_name(settings, target), control) as held:
+        async with _postgres_lock(settings, log, holder_name(settings, target), control, waiting) as held:
             yield held
 
 
 @contextlib.asynccontextmanager
 async def _postgres_lock(
-    settings: Settings, log: FilteringBoundLogger, me: str, control: RunControl | None
+    settings: Settings,
+    log: FilteringBoundLogger,
+    me: str,
+    control: RunControl | None,
+    waiting: contextlib.AbstractContextManager[None],
 ) -> AsyncIterator[HeldLock]:
     connection = await _connect(settings, me)
     try:
         await _keep_session(connection)
         key = await _database_lock_key(connection, settings)
-        waited = await _acquire(connection, key, settings, log, control)
+        with waiting:
+            waited = await _acquire(connection, key, settings, log, control)
         log.info("Migration lock acquired", holder=me, waited_s=round(waited, 2))
         async with _kept(HeldLock(me, waited, connection, key), log, control) as held:
             yield held
@@ -396,41 +409,24 @@ async def _close(connection: Any, log: FilteringBoundLogger) -> None:
 
 @contextlib.asynccontextmanager
 async def _sqlite_lock(
-    settings: Settings, log: FilteringBoundLogger, me: str, control: RunControl | None
+    settings: Settings,
+    log: FilteringBoundLogger,
+    me: str,
+    control: RunControl | None,
+    waiting: contextlib.AbstractContextManager[None],
 ) -> AsyncIterator[HeldLock]:
-    import fcntl
-
     path = settings.url.sqlite_path
     if path is None:
+        with waiting:
+            pass
         yield HeldLock(me, 0.0)
         return
     lock_path = Path(str(path) + ".dbinit-lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        started = time.monotonic()
-        deadline = started + settings.lock_timeout
-        next_report = started
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if control is not None:
-                    control.raise_if_stopping("stopped while waiting for the migration lock")
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-                now = time.monotonic()
-                if now >= deadline:
-                    raise LockTimeout(
-                        f"migration lock not acquired within {settings.lock_timeout:g}s: "
-                        f"held by {holder}",
-                        hint="Another migration is running on this SQLite file; let it finish "
-                        "or raise DBINIT_LOCK_TIMEOUT.",
-                    ) from None
-                if now >= next_report:
-                    log.info("Waiting for the migration lock", holder=holder)
-                    next_report = now + REPORT_EVERY_SECONDS
-                await asyncio.sleep(POLL_SECONDS)
+        with waiting:
+            started = await _flock(fd, settings, log, control)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{me} (pid {os.getpid()})".encode(), 0)
         waited = time.monotonic() - started
@@ -438,11 +434,42 @@ async def _sqlite_lock(
         try:
             yield HeldLock(me, waited)
         finally:
+            import fcntl
+
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             log.info("Migration lock released")
     finally:
         os.close(fd)
+
+
+async def _flock(fd: int, settings: Settings, log: FilteringBoundLogger, control: RunControl | None) -> float:
+    """Take the SQLite lock file's ``flock``, polling until the lock timeout; returns when the wait began."""
+    import fcntl
+
+    started = time.monotonic()
+    deadline = started + settings.lock_timeout
+    next_report = started
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return started
+        except BlockingIOError:
+            if control is not None:
+                control.raise_if_stopping("stopped while waiting for the migration lock")
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeout(
+                    f"migration lock not acquired within {settings.lock_timeout:g}s: "
+                    f"held by {holder}",
+                    hint="Another migration is running on this SQLite file; let it finish "
+                    "or raise DBINIT_LOCK_TIMEOUT.",
+                ) from None
+            if now >= next_report:
+                log.info("Waiting for the migration lock", holder=holder)
+                next_report = now + REPORT_EVERY_SECONDS
+            await asyncio.sleep(POLL_SECONDS)
 
 
 async def current_holder(settings: Settings) -> str | None:

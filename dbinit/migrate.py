@@ -22,6 +22,7 @@ from dbinit.facts import read_scripts, read_state
 from dbinit.identity import IDENTITY_COLUMNS, DatabaseIdentity, PostgresIdentity, SqliteIdentity
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
+from dbinit.operations import Operations
 from dbinit.report import AfterMigrateStep, MigratePlan, MigrateResult, VerifyReport
 from dbinit.strategies import Strategy, StrategyContext
 from dbinit.verify import verify
@@ -124,7 +125,12 @@ async def migrate(
     :func:`dbinit.interrupts.run_until_stopped` with ``graceful=True``) carries
     SIGTERM/SIGINT: the run stops cleanly, see :mod:`dbinit.interrupts`.
     """
-    return await _migrate(settings, registry, log, strategy_name, control or RunControl())
+    observed = Operations(registry, settings).run(
+        "migrate", service=settings.service, database=settings.url.display_name,
+        strategy=strategy_name or "",
+    )
+    with observed:
+        return await _migrate(settings, registry, log, strategy_name, control or RunControl())
 
 
 async def _migrate(
@@ -153,7 +159,8 @@ async def _migrate(
         heads=list(scripts.heads),
     )
     target = ",".join(scripts.heads) or "head"
-    async with migration_lock(settings, log, target=target, control=control) as held:
+    operations = Operations(registry, settings)
+    async with migration_lock(settings, log, target=target, control=control, operations=operations) as held:
         identity = await _read_lock_session(settings, held)
         # Read the state only now: another job may have migrated while we waited.
         state = await read_state(settings, "migrate")
@@ -179,7 +186,9 @@ async def _migrate(
             )
         step = None
         if step_words(settings) is not None:
-            step = await _after_migrate(settings, log, control, held, state.server_version, applied, report)
+            with operations.run("after_migrate", command=step_shown(settings) or ""):
+                step = await _after_migrate(settings, log, control, held, state.server_version, applied,
+                                            report)
         result = _finished(settings, registry, strategy, applied, report, started, step)
     if applied:
         log.info(

@@ -623,6 +623,61 @@ class Registry:
         return found
 
 
+    def operation_contexts(
+        self, operation: str, attributes: Mapping[str, Any], settings: Settings
+    ) -> list[tuple[str, AbstractContextManager[object]]]:
+        """``dbinit_operation``: each observer's context manager for ``operation``, with its plugin.
+
+        In pluggy's result order (the first outermost). Without any
+        implementation (the usual case, on the verify path) nothing is called.
+        """
+        hook = "dbinit_operation"
+        if not getattr(self.pm.hook, hook).get_hookimpls():
+            return []
+        results, who = call_hook(
+            self.pm,
+            hook,
+            operation=operation,
+            attributes=types.MappingProxyType(dict(attributes)),
+            settings=settings,
+        )
+        found: list[tuple[str, AbstractContextManager[object]]] = []
+        for result in _results_list(results, who, hook):
+            plugin = who.result_owner(result)
+            if not (hasattr(result, "__enter__") and hasattr(result, "__exit__")):
+                raise PluginError(
+                    plugin,
+                    f"{hook} returned {type(result).__name__}, not a context manager",
+                    hint="Return a context manager (e.g. a tracer's span) or None",
+                    internal=True,
+                )
+            found.append((plugin, result))
+        return found
+
+    def asgi_endpoints(self, settings: Settings, taken: Sequence[str] = ()) -> dict[str, Any]:
+        """``dbinit_asgi_endpoints``: path -> ASGI app, each path once (``taken``: the probes')."""
+        hook = "dbinit_asgi_endpoints"
+        found: dict[str, Any] = {}
+        owners = dict.fromkeys(taken, "dbinit (DBINIT_READINESS_PATH / DBINIT_LIVENESS_PATH)")
+        results, who = call_hook(self.pm, hook, settings=settings)
+        for mapping in _results_list(results, who, hook):
+            owner = who.result_owner(mapping)
+            if not isinstance(mapping, Mapping):
+                raise PluginError(owner, f"{hook} must return a mapping of path to ASGI application")
+            own = owner if who.is_impl_result(mapping) else None
+            for path, app in mapping.items():
+                plugin = who.item_owner(app, own)
+                if not (isinstance(path, str) and path.startswith("/")) or not callable(app):
+                    raise PluginError(plugin, f"{hook}: {path!r} must be a path starting with '/' "
+                                      "mapped to an ASGI application")
+                if path in owners:
+                    raise PluginError(plugin, f"{hook}: path {path!r} is already served by {owners[path]}",
+                                      hint="Give the endpoint another path")
+                owners[path] = f"plugin {plugin!r}"
+                found[path] = app
+        return found
+
+
 def _results_list(results: object, who: Attribution, hook: str) -> Iterable[object]:
     """The list pluggy returns; a wrapper that returned something else is named."""
     if not isinstance(results, list):

@@ -51,10 +51,12 @@ class StrategyContext:
         lock is on (``identity``), else :class:`~dbinit.errors.ConfigurationError`.
         """
         from dbinit.alembic_runner import upgrade
+        from dbinit.operations import Operations
 
         contexts = self.registry.migration_contexts(self.settings) if self.registry is not None else []
         return upgrade(
-            self.settings, self.scripts, self.log, self.control, contexts=contexts, identity=self.identity
+            self.settings, self.scripts, self.log, self.control, contexts=contexts, identity=self.identity,
+            operations=Operations(self.registry, self.settings),
         )
 
     def run_command(self, argv: Sequence[str] | None = None) -> list[str]:

@@ -14,6 +14,7 @@ from dbinit.checks import Check, Facts, Level, run_checks
 from dbinit.database import Probe
 from dbinit.errors import FOREIGN_FAILURES, PluginError
 from dbinit.facts import read_scripts, read_state
+from dbinit.operations import Operations
 from dbinit.report import VerifyReport
 from dbinit.revisions.scripts import MigrationScripts
 
@@ -36,6 +37,7 @@ async def verify(
     notify: bool = True,
     quiet: bool = False,
     budget: float | None = None,
+    operation: str = "verify",
 ) -> VerifyReport:
     """Run ``checks`` (default: all registered) and return the report.
 
@@ -43,8 +45,33 @@ async def verify(
     read the migrations once and keep one connection; ``quiet`` (its
     readiness re-checks) logs nothing: the caller logs changes. ``budget``
     caps the connect and query timeouts (``wait``'s deadline). Raises
-    :class:`DatabaseUnreachable` if the database cannot be reached.
+    :class:`DatabaseUnreachable` if the database cannot be reached. The whole
+    run is the ``dbinit_operation`` ``operation`` (``verify``, or the gate's
+    ``readiness``); ``dbinit_verify_finished`` fires inside it.
     """
+    observed = Operations(registry, settings).run(
+        operation, service=settings.service, database=settings.url.display_name
+    )
+    with observed:
+        return await _verify(
+            settings, registry, log, checks=checks, scripts=scripts, probe=probe,
+            fail_level=fail_level, notify=notify, quiet=quiet, budget=budget,
+        )
+
+
+async def _verify(
+    settings: Settings,
+    registry: Registry,
+    log: FilteringBoundLogger,
+    *,
+    checks: Sequence[Check] | None,
+    scripts: MigrationScripts | None,
+    probe: Probe | None,
+    fail_level: Level,
+    notify: bool,
+    quiet: bool,
+    budget: float | None,
+) -> VerifyReport:
     started = time.perf_counter()
     selected = list(registry.checks(settings) if checks is None else checks)
     reads_database = any(c.requires_database for c in selected)

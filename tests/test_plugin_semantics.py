@@ -57,14 +57,22 @@ def _command(name):
 
 
 class Context:
-    def __init__(self, name):
+    def __init__(self, name, hook):
         self.name = name
+        self.hook = hook
 
     def __enter__(self):
-        log("dbinit_migration_context", f"enter {self.name}")
+        log(self.hook, f"enter {self.name}")
 
     def __exit__(self, *exc):
-        log("dbinit_migration_context", f"exit {self.name}")
+        log(self.hook, f"exit {self.name}")
+
+
+def _endpoint(name):
+    async def endpoint(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": ('{"endpoint": "%s"}' % name).encode()})
+    return endpoint
 
 
 def contribution(hook, name):
@@ -72,7 +80,9 @@ def contribution(hook, name):
         "dbinit_checks": lambda: [_check(name)],
         "dbinit_strategies": lambda: [Strategy(f"s_{name}", lambda context: context.upgrade(), f"of {name}")],
         "dbinit_commands": lambda: {f"cmd-{name}": _command(name)},
-        "dbinit_migration_context": lambda: Context(name),
+        "dbinit_migration_context": lambda: Context(name, hook),
+        "dbinit_operation": lambda: Context(name, hook),
+        "dbinit_asgi_endpoints": lambda: {f"/{name}": _endpoint(name)},
     }.get(hook, lambda: None)()
 
 
@@ -82,6 +92,8 @@ def is_of(hook, item, name):
         "dbinit_strategies": lambda: item.name == f"s_{name}",
         "dbinit_commands": lambda: item == f"cmd-{name}",
         "dbinit_migration_context": lambda: item.name == name,
+        "dbinit_operation": lambda: item.name == name,
+        "dbinit_asgi_endpoints": lambda: item == f"/{name}",
     }.get(hook, lambda: False)()
 
 
@@ -93,9 +105,9 @@ def added(hook, results, name):
 
 def dropped(hook, results, name):
     """What p_old forces: every result rebuilt without what belongs to plugin `name`."""
-    if hook == "dbinit_commands":
+    if hook in ("dbinit_commands", "dbinit_asgi_endpoints"):
         return [{k: v for k, v in r.items() if not is_of(hook, k, name)} for r in results]
-    if hook == "dbinit_migration_context":
+    if hook in ("dbinit_migration_context", "dbinit_operation"):
         return [r for r in results if not is_of(hook, r, name)]
     return [[i for i in r if not is_of(hook, i, name)] for r in results]
 '''
@@ -328,6 +340,83 @@ def test_dbinit_migration_context_order_wrappers_and_failures(
     assert calls[9:] == [f"enter {n}" for n in entered] + [f"exit {n}" for n in reversed(entered)]
     # a failing context hook is a configuration error (exit 2), naming the plugin
     _failures(tmp_path, project, hook, "migrate", code=2)
+
+
+def test_dbinit_operation_order_wrappers_and_failures(
+    tmp_path: Path, project: Path, sqlite_database: TestDatabase
+) -> None:
+    hook = "dbinit_operation"
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    env = _standard(tmp_path, hook)
+    verified = run_dbinit("verify", cwd=project, DATABASE_URL=sqlite_database.url, **env)
+    assert verified.returncode == 0, verified.output
+    calls = _calls(project, hook)
+    assert calls[:9] == [*CALLED[:6], "wrap:after", "wrap:took True", "old:after"]
+    entered = ["p_first", "p_b", "p_last", "p_wrap"]  # the results' order, the first outermost
+    assert calls[9:] == [f"enter {n}" for n in entered] + [f"exit {n}" for n in reversed(entered)]
+    _failures(tmp_path, project, hook, "verify")
+
+
+GATE = """
+import asyncio, json, sys
+from dbinit.asgi import DatabaseGate
+from dbinit.settings import load_settings
+from tests.test_asgi import drive_lifespan, http_get
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"app": true}'})
+
+
+async def main():
+    wrapped = DatabaseGate(load_settings()).wrap(app)
+    sent, _error = await drive_lifespan(wrapped)
+    served = {path: (await http_get(wrapped, path))[1] for path in sys.argv[1:]}
+    print(json.dumps({"started": sent[0]["type"], "message": sent[-1].get("message"), "served": served}))
+
+
+asyncio.run(main())
+"""
+
+
+def _gate(project: Path, env: dict[str, str], url: str, *paths: str) -> dict[str, object]:
+    import subprocess
+    import sys
+
+    from tests.plugins.databases import clean_env
+
+    proc = subprocess.run([sys.executable, "-c", GATE, *paths], cwd=project, capture_output=True, text=True,
+                          env=clean_env(DATABASE_URL=url, **env), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_dbinit_asgi_endpoints_order_wrappers_and_failures(
+    tmp_path: Path, project: Path, sqlite_database: TestDatabase
+) -> None:
+    hook = "dbinit_asgi_endpoints"
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    env = _standard(tmp_path, hook)
+    paths = [f"/{name}" for name in ORDER]
+    gate = _gate(project, env, sqlite_database.url, *paths)
+    assert gate["started"] == "lifespan.startup.complete", gate
+    assert _calls(project, hook) == [*CALLED[:6], "wrap:after", "wrap:took True", "old:after"]
+    assert gate["served"] == {
+        "/p_first": {"endpoint": "p_first"}, "/p_a": {"app": True},  # p_a's dropped by p_old
+        "/p_b": {"endpoint": "p_b"}, "/p_last": {"endpoint": "p_last"},
+        "/p_wrap": {"endpoint": "p_wrap"}, "/p_old": {"app": True},
+    }
+    for name, source, what in [
+        ("p_raises", RAISING, "RuntimeError: p_raises is broken"),
+        ("p_wrapper_raises", RAISING_WRAPPER, "LookupError: p_wrapper_raises broke after the yield"),
+    ]:
+        (tmp_path / name).mkdir()
+        failing = _plugins(tmp_path / name, hook, {"p_a": PLAIN, name: source})
+        failed = _gate(project, failing, sqlite_database.url)
+        assert failed["started"] == "lifespan.startup.failed", failed
+        assert f"plugin {name!r}" in str(failed["message"]) and what in str(failed["message"]), failed
 
 
 @pytest.mark.parametrize(
