@@ -26,7 +26,7 @@ class Commands:
     """The commands the dispatcher can run, and why plugins' commands are missing, if they are."""
 
     commands: Mapping[str, tuple[str, Any]]
-    #: the ``plugins`` setting could not be read: only the built-in commands are here
+    #: the ``plugins`` setting could not be read: only the built-ins' and entry points' commands are here
     unreadable: ConfigurationError | None = None
 
     def get(self, name: str) -> tuple[str, Any]:
@@ -48,7 +48,7 @@ def _registry_commands() -> Commands:
     invalid settings are reported by that command (exit 2, and the JSON error
     object with ``--format json``), not here. ``dbinit_commands`` gets the
     settings read from the same sources, or None when they are invalid.
-    When ``plugins`` itself cannot be read, the built-in commands still run
+    When ``plugins`` itself cannot be read, the other commands still run
     (and report that error themselves); any other is that error.
     """
     from dbinit.pluginmanager import Registry
