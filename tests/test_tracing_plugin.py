@@ -244,3 +244,36 @@ def test_sqlite_spans_name_the_file_and_no_statement(
     assert attributes["db.system"] == "sqlite"
     assert attributes["db.namespace"] == sqlite_database.parsed.display_name
     assert "db.query.text" not in attributes and "server.address" not in attributes
+
+
+NAIVE = '''
+from opentelemetry import trace
+
+from dbinit import hookimpl
+
+
+@hookimpl
+def dbinit_operation(operation, attributes):
+    # the hook's documented example: the span current while the operation runs
+    return trace.get_tracer("naive").start_as_current_span(f"naive.{operation}", attributes=dict(attributes))
+'''
+
+
+def test_a_plain_start_as_current_span_ends_a_failing_revision_in_its_own_context(
+    job: Path, sqlite_database: TestDatabase, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path,
+) -> None:
+    """The async env.py runs revisions in its event loop's task: the failing one ends there too."""
+    (tmp_path / "naive_tracing.py").write_text(NAIVE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DBINIT_PLUGINS", "naive_tracing")
+    add_revision(job, "f00000000bad", "8d3f6b2a9c11", "raise RuntimeError('boom')")
+    stderr = io.StringIO()
+    code = call_command("migrate", database_url=sqlite_database.url, stderr=stderr)
+    assert code == ExitCode.MIGRATION_FAILED, stderr.getvalue()
+    assert not [r for r in caplog.records if "detach" in r.getMessage()], caplog.text
+    spans = exporter.get_finished_spans()
+    migrate = named(spans, "naive.migrate")[0]
+    revisions = named(spans, "naive.revision")
+    assert len(revisions) == 4 and {parent_of(r) for r in revisions} == {migrate.context.span_id}
+    assert revisions[-1].status.status_code is StatusCode.ERROR  # OpenTelemetry's own recording
