@@ -221,9 +221,10 @@ def upgrade(
         callbacks = alembic_util.to_tuple(kwargs.get("on_version_apply"), default=())
         kwargs["on_version_apply"] = (*callbacks, on_apply)
 
+    # a failing revision's operation ends in the context it ran in (observers' context variables)
     environment = environment_context(
         settings, config, script, steps, as_sql=False, starting_rev=None, adjust=per_migration,
-        expected=identity,
+        expected=identity, on_failure=observed.end,
     )
     # built before Alembic runs: a bad parameter is a configuration error, not a failed migration
     listeners = session_listeners(settings, control, async_driver=env_is_async(scripts))
@@ -310,6 +311,7 @@ def environment_context(
     starting_rev: str | None,
     adjust: Callable[[dict[str, Any]], None] | None = None,
     expected: DatabaseIdentity | None = None,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> EnvironmentContext:
     """Alembic's environment for ``upgrade heads``, with dbinit's version table.
 
@@ -325,6 +327,9 @@ def environment_context(
     env.py names a different one, that is a configuration error before any
     migration runs (otherwise migrate would write one table and verify
     another, forever). ``adjust`` edits the other keyword arguments.
+    ``on_failure`` is called with what env.py's ``context.run_migrations()``
+    raised, where it raised (in an async env.py, inside its event loop's
+    task: the context the revisions ran in), before it propagates.
     (Alembic's module proxy calls the instance's attribute, so a subclass
     would not be seen.)
     """
@@ -365,6 +370,17 @@ def environment_context(
         configure(*args, **kwargs)
 
     environment.configure = configure_for_dbinit  # type: ignore[method-assign]
+    if on_failure is not None:
+        run_migrations = environment.run_migrations
+
+        def run_migrations_for_dbinit(**kwargs: Any) -> None:
+            try:
+                run_migrations(**kwargs)
+            except BaseException as exc:
+                on_failure(exc)
+                raise
+
+        environment.run_migrations = run_migrations_for_dbinit  # type: ignore[method-assign]
     return environment
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbinit.errors import NotReady
-from dbinit.logs import get_logger
+from dbinit.logs import Redactor, make_logger, settings_output
 from dbinit.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -62,7 +62,10 @@ class DatabaseInitManager:
         )
         self.verify_only = verify_only
         self.force_recreate = force_recreate
-        self.log = get_logger(self.settings.service)
+        # dbinit's own chain, as DBINIT_LOG_FORMAT/DBINIT_LOG_LEVEL say: the caller's logging is untouched
+        self.redactor = Redactor([self.settings.url.password])
+        output = settings_output(self.settings.log_format, self.settings.log_level, self.redactor)
+        self.log = make_logger(self.settings.service, output)
         for note in self.settings.notes():
             self.log.warning(note)
 

@@ -198,18 +198,25 @@ def _service_without_settings(given: Settings | None) -> str:
         return "unknown"
 
 
-def _redacting_logger(service: str, redactor: Redactor) -> FilteringBoundLogger:
-    """structlog as the application configured it, with ``redactor`` before and after rendering.
+def _redacting_logger(
+    service: str, redactor: Redactor, settings: Settings | None = None
+) -> FilteringBoundLogger:
+    """dbinit's own logger (:func:`dbinit.logs.make_logger`), never the application's structlog.
 
-    Before: the event's values (see :meth:`Redactor.__call__`); after: the
-    rendered line, so a traceback rendered from ``exc_info`` is redacted too.
+    Its format and level are the settings' (``DBINIT_LOG_FORMAT``,
+    ``DBINIT_LOG_LEVEL``); until they are known (they may be what failed),
+    the environment's values when valid, else ``auto`` and ``info``.
     """
-    import structlog
+    from dbinit.logs import make_logger, settings_output
 
-    configured = list(structlog.get_config()["processors"])
-    processors = [*configured[:-1], redactor, *configured[-1:], redactor.rendered]
-    logger: FilteringBoundLogger = structlog.wrap_logger(None, processors=processors).bind(service=service)
-    return logger
+    if settings is not None:
+        fmt, level = settings.log_format, settings.log_level
+    else:
+        fmt = os.environ.get("DBINIT_LOG_FORMAT", "").strip().lower()
+        level = os.environ.get("DBINIT_LOG_LEVEL", "").strip().lower()
+        fmt = fmt if fmt in ("auto", "json", "console", "stdlib") else "auto"
+        level = level if level in ("debug", "info", "warning", "error") else "info"
+    return make_logger(service, settings_output(fmt, level, redactor))
 
 
 class DatabaseGate:
@@ -290,8 +297,9 @@ class DatabaseGate:
         if self._log is not None:
             return self._log
         if self._settings is None:
-            return _redacting_logger(_service_without_settings(self._given_settings), self._redactor)
-        self._log = _redacting_logger(self._settings.service, self._redactor)
+            given = self._given_settings
+            return _redacting_logger(_service_without_settings(given), self._redactor, given)
+        self._log = _redacting_logger(self._settings.service, self._redactor, self._settings)
         return self._log
 
     # -- lifecycle ---------------------------------------------------------------

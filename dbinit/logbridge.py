@@ -9,8 +9,9 @@ text lines would land between dbinit's JSON lines. For the duration of a run,
 function runs, so the levels the ini sets stay (sqlalchemy WARN, alembic
 INFO, ...), then every handler it installed that writes to the terminal's
 streams is replaced by a :class:`StructlogHandler`, which hands each record to
-dbinit's structlog chain (same JSON, same :class:`~dbinit.logs.Redactor`, the
-level mapped, the logger's name as the ``logger`` field). Handlers writing
+dbinit's own structlog chain (:func:`dbinit.logs.make_logger`: same JSON,
+same :class:`~dbinit.logs.Redactor`, the level mapped, the logger's name as
+the ``logger`` field). Handlers writing
 elsewhere (a file the ini names) are left as the ini made them. In console
 mode the ini's handlers keep writing their text lines, each passed through
 the Redactor (a URL that env.py logs loses its password there too).
@@ -36,7 +37,7 @@ from typing import Any, TextIO
 
 from structlog.typing import FilteringBoundLogger
 
-from dbinit.logs import LogOutput, Redactor, configured_output
+from dbinit.logs import STDLIB_LOGGER, LogOutput, Redactor, output_of
 
 
 class StructlogHandler(logging.Handler):
@@ -163,15 +164,19 @@ def _take_over(before: dict[str, _LoggerState], log: FilteringBoundLogger, outpu
 def alembic_logging(log: FilteringBoundLogger) -> Iterator[None]:
     """Around Alembic's ``run_env()``: stdlib logging into dbinit's stream (JSON mode), then restored.
 
-    The mode is what :func:`dbinit.logs.configure_logging` chose last: JSON,
+    The mode is ``log``'s output (see :func:`dbinit.logs.make_logger`): JSON,
     the records go through dbinit's chain; console, the ini's text lines stay,
-    redacted. When it never ran (the API, with the caller's own logging),
-    ``env.py``'s logging is left to write as it does. The state is restored
-    afterwards in every case. Not for concurrent runs in one process: the
-    wrapped functions are module attributes.
+    redacted. With ``stdlib`` (dbinit's lines are the application's stdlib
+    records) or a logger dbinit did not make, ``env.py``'s logging is left to
+    write as it does, except that the stdlib logger ``dbinit`` is kept enabled
+    (``fileConfig`` disables the loggers its ini does not name). The state is
+    restored afterwards in every case. Not for concurrent runs in one
+    process: the wrapped functions are module attributes.
     """
     before = _snapshot()
-    output = configured_output()
+    output = output_of(log)
+    if output is not None and output.format == "stdlib":
+        output = None
     # loggers made by imports during the run (a NullHandler a library adds) as they were
     # before the first configuration call: what they are restored to
     made: dict[str, _LoggerState] = {}
@@ -186,6 +191,8 @@ def alembic_logging(log: FilteringBoundLogger) -> Iterator[None]:
             _original(*args, **kwargs)
             if output is not None:
                 _take_over(pre, log, output)
+            else:
+                logging.getLogger(STDLIB_LOGGER).disabled = False
 
         setattr(logging.config, name, configure)
         patched.append((name, original))

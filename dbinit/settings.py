@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     statement_timeout: Seconds | None = None
     ddl_lock_timeout: Seconds | None = None
 
-    log_format: Literal["auto", "json", "console"] = "auto"
+    log_format: Literal["auto", "json", "console", "stdlib"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     readiness_path: ProbePath | None = None
@@ -384,7 +384,7 @@ def _describe(exc: ValidationError) -> str:
 def _hint(exc: ValidationError) -> str:
     fields = {_field_of(e["loc"]) for e in exc.errors()}
     if fields & {"log_format"}:
-        return "DBINIT_LOG_FORMAT must be one of auto, json, console"
+        return "DBINIT_LOG_FORMAT must be one of auto, json, console, stdlib"
     if fields & {"log_level"}:
         return "DBINIT_LOG_LEVEL must be one of debug, info, warning, error"
     if any(field.endswith("_timeout") or field == "readiness_cache" for field in fields):

@@ -363,19 +363,14 @@ def gate_env(monkeypatch: pytest.MonkeyPatch, project: Path) -> pytest.MonkeyPat
 
 
 @pytest.fixture
-def gate_log() -> Iterator[io.StringIO]:
-    """What the gate logs, rendered as on a console (no colours)."""
-    import structlog
+def gate_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """What the gate logs, rendered as on a console (no colours): dbinit's output set by the caller."""
+    from dbinit import logs
 
     stream = io.StringIO()
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        logger_factory=structlog.PrintLoggerFactory(stream),
-    )
-    try:
-        yield stream
-    finally:
-        structlog.reset_defaults()
+    monkeypatch.setattr(logs, "_output", None)  # put back as it was at teardown
+    logs.configure_logging("console", stream=stream)
+    yield stream
 
 
 def gated_app(way: str, gate: DatabaseGate, ran: list[str]) -> Any:

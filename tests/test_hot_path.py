@@ -53,10 +53,9 @@ def test_verify_imports_neither_sqlalchemy_nor_alembic_nor_migrations(
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 0
     modules = result["modules"]
-    forbidden = [
-        m for m in modules if m.split(".")[0] in ("sqlalchemy", "alembic", "mako", "aiosqlite")
-    ]
-    assert forbidden == []
+    heavy = ("sqlalchemy", "alembic", "mako", "aiosqlite", "opentelemetry")
+    forbidden = [m for m in modules if m.split(".")[0] in heavy]
+    assert forbidden == []  # opentelemetry: only with the tracing plugin enabled
     # nor the bridge that routes Alembic's stdlib logging into dbinit's lines
     assert [m for m in modules if m in ("logging.config", "dbinit.logbridge")] == []
     # Alembic loads env.py and revision files as modules named like "env_py"
@@ -83,3 +82,18 @@ def test_only_dbinit_plugins_imports_importlib_metadata() -> None:
                 if any(n == "importlib.metadata" or n.startswith("importlib.metadata.") for n in names):
                     importers.append(str(path.relative_to(root)))
     assert importers == ["commands/plugins.py"]
+
+
+def test_importing_dbinit_imports_no_tracing() -> None:
+    """The tracing plugin is not registered by default: dbinit's modules never import OpenTelemetry."""
+    code = (
+        "import json, sys\n"
+        "import dbinit, dbinit.api, dbinit.asgi, dbinit.logs, dbinit.management, dbinit.pluginmanager\n"
+        "from dbinit.pluginmanager import Registry\n"
+        "Registry.load(())\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'opentelemetry')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(),
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []

@@ -21,7 +21,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import structlog
 
 from dbinit import logs
 from tests.plugins.databases import SECRET, Result, TestDatabase, clean_env, run_dbinit
@@ -182,26 +181,26 @@ def test_offline_sql_stays_pure_sql_on_stdout(project: Path, fmt: str) -> None:
     assert_no_password(result)
 
 
-@pytest.mark.parametrize("configured", [True, False], ids=["json-configured", "caller-logging"])
+@pytest.mark.parametrize("how", ["json-configured", "settings", "stdlib"])
 def test_api_run_leaves_stdlib_logging_as_it_was(
     project: Path, pg_database: TestDatabase, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], configured: bool,
+    capsys: pytest.CaptureFixture[str], how: str,
 ) -> None:
+    """The API's lines: configure_logging()'s output, else the settings' (JSON off a terminal), or stdlib."""
     from dbinit.api import DatabaseInitManager
 
     monkeypatch.chdir(project)
     monkeypatch.setattr(logs, "_output", None)  # put back as it was at teardown
     stream = io.StringIO()
-    if configured:
+    if how == "json-configured":
         logs.configure_logging("json", stream=stream, redactor=logs.Redactor())
+    if how == "stdlib":
+        monkeypatch.setenv("DBINIT_LOG_FORMAT", "stdlib")  # the caller's logging writes Alembic's lines
     root = logging.getLogger()
     mine = logging.getLogger("myapp.before")
     before = logger_states()
     file_config = logging.config.fileConfig
-    try:
-        result = asyncio.run(DatabaseInitManager(pg_database.url, verify_only=False).initialize())
-    finally:
-        structlog.reset_defaults()
+    result = asyncio.run(DatabaseInitManager(pg_database.url, verify_only=False).initialize())
     assert result.applied == (BREAD,)
     after = logger_states()
     assert after[""] == before[""]
@@ -212,12 +211,14 @@ def test_api_run_leaves_stdlib_logging_as_it_was(
     assert logging.getLogger("alembic").getEffectiveLevel() == root.level
     assert not [h for state in after.values() for h in state[1] if type(h) is logging.StreamHandler]
     captured = capsys.readouterr()
-    if configured:
-        events = [json.loads(line) for line in stream.getvalue().splitlines()]
-        assert any(e.get("logger") == "alembic.runtime.migration" and e["event"] == RUNNING for e in events)
-        assert "INFO  [alembic" not in captured.err
-    else:
+    if how == "stdlib":
         assert f"INFO  [alembic.runtime.migration] {RUNNING}" in captured.err.splitlines()
+        assert not [line for line in captured.err.splitlines() if line.startswith("{")]
+        return
+    lines = (stream.getvalue() if how == "json-configured" else captured.err).splitlines()
+    events = [json.loads(line) for line in lines]
+    assert any(e.get("logger") == "alembic.runtime.migration" and e["event"] == RUNNING for e in events)
+    assert "INFO  [alembic" not in captured.err
 
 
 def test_forwarded_records_keep_level_exception_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,7 +240,6 @@ def test_forwarded_records_keep_level_exception_and_redaction(monkeypatch: pytes
             logger.exception("env.py failed for %s", f"postgresql://app:{quote(PASSWORD, safe='')}@db")
     finally:
         logger.removeHandler(handler)
-        structlog.reset_defaults()
     text = stream.getvalue()
     first, second, third = (json.loads(line) for line in text.splitlines())
     assert (first["level"], first["event"], first["logger"]) == ("info", "between info and warning",

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from dbinit.errors import FOREIGN_FAILURES, ConfigurationError, DbinitError, ExitCode
-from dbinit.logs import Redactor, configure_logging, get_logger
+from dbinit.logs import STDLIB_LOGGER, Redactor, log_output, make_logger
 
 if TYPE_CHECKING:
     from dbinit.interrupts import RunControl
@@ -124,7 +125,7 @@ class BaseCommand:
         common.add_argument("--service-name", dest="service_name", help="SERVICE_NAME")
         common.add_argument("--alembic-ini", dest="alembic_ini", help="DBINIT_ALEMBIC_INI")
         common.add_argument("--migrations-dir", dest="migrations_dir", help="DBINIT_MIGRATIONS_DIR")
-        common.add_argument("--log-format", dest="log_format", choices=("auto", "json", "console"))
+        common.add_argument("--log-format", dest="log_format", choices=("auto", "json", "console", "stdlib"))
         common.add_argument(
             "--log-level", dest="log_level", choices=("debug", "info", "warning", "error")
         )
@@ -190,25 +191,19 @@ class BaseCommand:
         from dbinit.settings import load_settings
 
         if not self.uses_settings:
-            configure_logging("auto", "info", stream=self._stderr_stream, redactor=self.redactor)
+            self.log = make_logger("dbinit", log_output(stream=self._stderr_stream, redactor=self.redactor))
             return int(self.handle(**options) or 0)
-        try:
-            self.settings = load_settings(**self.settings_overrides(options))
-        finally:
-            configure_logging(
-                options.get("log_format") or "auto",
-                options.get("log_level") or "info",
-                stream=self._stderr_stream,
-                redactor=self.redactor,
-            )
+        self.settings = load_settings(**self.settings_overrides(options))
         self.redactor.add(self.settings.url.password)
-        configure_logging(
-            self.settings.log_format,
-            self.settings.log_level,
-            stream=self._stderr_stream,
-            redactor=self.redactor,
-        )
-        self.log = get_logger(self.settings.service)
+        fmt, stdlib_unset = self.settings.log_format, False
+        if fmt == "stdlib" and not logging.getLogger(STDLIB_LOGGER).hasHandlers():
+            # nothing in this process would write them (a manage.py may have configured logging)
+            fmt, stdlib_unset = "auto", True
+        output = log_output(fmt, self.settings.log_level, stream=self._stderr_stream, redactor=self.redactor)
+        self.log = make_logger(self.settings.service, output)
+        if stdlib_unset:
+            self.log.warning("DBINIT_LOG_FORMAT=stdlib, but no stdlib logging handler would write dbinit's "
+                             "lines in this process: writing them as DBINIT_LOG_FORMAT=auto does")
         for note in self.settings.notes():
             self.log.warning(note)
         self.registry = Registry.for_settings(self.settings)
