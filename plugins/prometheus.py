@@ -66,9 +66,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import http.client
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -374,8 +372,11 @@ def _timed(record: Callable[[float], None]) -> Iterator[None]:
     record(time.perf_counter() - started)
 
 
-#: What a push or a write may fail with that is the target's fault, not the plugin's.
-TARGET_FAILURES: tuple[type[BaseException], ...] = (OSError, ValueError, http.client.HTTPException)
+def target_failures() -> tuple[type[BaseException], ...]:
+    """What a push or a write may fail with that is the target's fault, not the plugin's."""
+    import http.client
+
+    return (OSError, ValueError, http.client.HTTPException)
 
 
 def _export(run: JobRun, registry: CollectorRegistry) -> None:
@@ -384,10 +385,11 @@ def _export(run: JobRun, registry: CollectorRegistry) -> None:
 
     log = get_logger(run.service)
     config = run.config
+    failures = target_failures()
     if config.textfile is not None:
         try:
             write_textfile(config.textfile, registry)
-        except TARGET_FAILURES as exc:
+        except failures as exc:
             log.warning("Migration metrics not written to the textfile", target=str(config.textfile),
                         reason=f"{type(exc).__name__}: {exc}", setting="DBINIT_METRICS_TEXTFILE")
         else:
@@ -396,7 +398,7 @@ def _export(run: JobRun, registry: CollectorRegistry) -> None:
         target = redact_urls(config.pushgateway)
         try:
             push(config.pushgateway, registry, run.service, config.push_timeout)
-        except TARGET_FAILURES as exc:
+        except failures as exc:
             log.warning("Migration metrics not pushed to the Pushgateway", target=target,
                         reason=redact_urls(f"{type(exc).__name__}: {exc}"),
                         setting="DBINIT_METRICS_PUSHGATEWAY")
@@ -410,6 +412,8 @@ def write_textfile(path: Path, registry: CollectorRegistry) -> None:
     node-exporter's textfile collector reads ``*.prom`` only, so it never sees the
     temporary file (``.name.*.tmp``) nor a half-written one.
     """
+    import tempfile
+
     from prometheus_client import generate_latest
 
     body = generate_latest(registry)
