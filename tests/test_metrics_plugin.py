@@ -152,6 +152,22 @@ def test_without_a_metrics_path_nothing_is_served(project: Path, sqlite_database
         process.communicate(timeout=30)
 
 
+def test_the_default_registry_serves_the_apps_metrics_too(
+    project: Path, sqlite_database: TestDatabase
+) -> None:
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    process, port = start("uvicorn-on", project, sqlite_database, DBINIT_METRICS_PATH="/metrics",
+                          DBINIT_METRICS_REGISTRY="default", **PLUGIN)
+    try:
+        assert wait_until(lambda: serving(port) or process.poll() is not None), "server did not start"
+        metrics = scrape(port)[1]
+        assert metrics.value("dbinit_ready") == 1
+        assert metrics.samples("python_info")  # prometheus_client's default collectors: the app's registry
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+
+
 # -- the migration Job -----------------------------------------------------------------------------
 
 
