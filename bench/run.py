@@ -14,6 +14,9 @@ fresh database with it, then times whole processes, several runs each:
 - the stack floor: the same process importing what dbinit stands on
   (pydantic-settings with a 4-field settings class, structlog logging one
   line, pluggy),
+- ``dbinit verify`` and the gated FastAPI app with the Prometheus plugin
+  enabled (``DBINIT_PLUGINS=dbinit.plugins.prometheus``; the app also with
+  ``DBINIT_METRICS_PATH=/metrics``), against the same without it,
 
 and, in-process (the ASGI case: interpreter warm, migrations read once), the
 verification call on an open connection against one ``SELECT 1`` round trip.
@@ -196,22 +199,25 @@ def peak_memory_kib(argv: list[str], cwd: Path, env: dict[str, str]) -> int:
 
 
 def measure_round_robin(
-    commands: dict[str, tuple[list[str], Path]], env: dict[str, str], runs: int
+    commands: dict[str, tuple[list[str], Path]], env: dict[str, str], runs: int,
+    extra_env: dict[str, dict[str, str]] | None = None,
 ) -> list[Measure]:
     """Run every command once per round, ``runs`` rounds: a slow spell of the
-    machine hits all of them alike instead of one."""
+    machine hits all of them alike instead of one. ``extra_env``: a command's
+    own variables, on top of ``env``."""
+    envs = {name: {**env, **(extra_env or {}).get(name, {})} for name in commands}
     measures = {name: Measure(name, [], 0) for name in commands}
-    for argv, cwd in commands.values():
-        run_timed(argv, cwd, env)  # warm the page cache
+    for name, (argv, cwd) in commands.items():
+        run_timed(argv, cwd, envs[name])  # warm the page cache
     for _ in range(runs):
         for name, (argv, cwd) in commands.items():
-            elapsed, cpu, _peak, code = run_timed(argv, cwd, env)
+            elapsed, cpu, _peak, code = run_timed(argv, cwd, envs[name])
             if code != 0:
                 raise SystemExit(f"{name} exited {code}: {' '.join(argv)}")
             measures[name].seconds.append(elapsed)
             measures[name].cpu_seconds.append(cpu)
     for name, (argv, cwd) in commands.items():
-        measures[name].peak_kib = max(peak_memory_kib(argv, cwd, env) for _ in range(3))
+        measures[name].peak_kib = max(peak_memory_kib(argv, cwd, envs[name]) for _ in range(3))
     return list(measures.values())
 
 
@@ -368,12 +374,20 @@ def main() -> None:
                 "stack floor": ([str(BIN / "python"), "-c", STACK_FLOOR], project),
                 "FastAPI app, lifespan": ([str(BIN / "python"), "-c", ASGI_PLAIN], project),
                 "same app + dbinit lifespan": ([str(BIN / "python"), "-c", ASGI_DBINIT], project),
+                VERIFY_METRICS: (verify_argv, project),
+                GATE_METRICS: ([str(BIN / "python"), "-c", ASGI_DBINIT], project),
             }
             print(f"[{size}] timing {', '.join(commands)} ({options.runs} rounds)…", flush=True)
-            measures = measure_round_robin(commands, run_env, options.runs)
+            measures = measure_round_robin(commands, run_env, options.runs, METRICS_ENV)
             for result in measures:
                 argv, cwd = commands[result.name]
-                if result.name.startswith(("FastAPI", "same app")):
+                if result.name in METRICS_ENV:
+                    result.statements = (
+                        count_statements(argv, cwd, {**run_env, **METRICS_ENV[result.name]}, target,
+                                         "DATABASE_URL")
+                        if result.name == VERIFY_METRICS else None
+                    )
+                elif result.name.startswith(("FastAPI", "same app")):
                     result.statements = None
                 elif result.name.startswith("alembic"):
                     # alembic reads the URL from alembic.ini: point it at the proxy there
@@ -401,7 +415,7 @@ def _make_venv(work: Path) -> Path:
     venv = work / "venv"
     print("building the bench virtualenv (regular install of this checkout)...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[example]"], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[example,metrics]"], check=True)
     return venv / "bin"
 
 
@@ -434,6 +448,15 @@ async def _admin(url: DatabaseURL, statement: str) -> str:
 
 
 IMPORT_PROFILE: list[tuple[str, float]] = []
+
+#: The Prometheus plugin's rows: ``dbinit verify`` with the plugin and nothing to export (a
+#: service's pod or an init container), the gated app with the plugin serving /metrics.
+VERIFY_METRICS = "dbinit verify + prometheus plugin"
+GATE_METRICS = "same app + dbinit lifespan + /metrics"
+METRICS_ENV: dict[str, dict[str, str]] = {
+    VERIFY_METRICS: {"DBINIT_PLUGINS": "dbinit.plugins.prometheus"},
+    GATE_METRICS: {"DBINIT_PLUGINS": "dbinit.plugins.prometheus", "DBINIT_METRICS_PATH": "/metrics"},
+}
 
 
 def import_profile(project: Path, env: dict[str, str]) -> list[tuple[str, float]]:
@@ -487,6 +510,16 @@ def render(rows: list[tuple[int, list[Measure], tuple[float, float, float]]], ru
         upgrade = by["alembic upgrade head"].cpu_ms / verify.cpu_ms
         plain, gated = by["FastAPI app, lifespan"], by["same app + dbinit lifespan"]
         asgi = gated.cpu_ms / plain.cpu_ms
+        lines += [""]
+        if VERIFY_METRICS in by and GATE_METRICS in by:
+            with_plugin, gate_plugin = by[VERIFY_METRICS], by[GATE_METRICS]
+            lines.append(
+                f"- the Prometheus plugin: `dbinit verify` with it enabled (nothing to export) / "
+                f"without: **{with_plugin.cpu_ms / verify.cpu_ms:.2f}x** in CPU time "
+                f"({with_plugin.cpu_ms - verify.cpu_ms:+.0f} ms); the gated app serving /metrics / "
+                f"without the plugin: **{gate_plugin.cpu_ms / gated.cpu_ms:.2f}x** "
+                f"({gate_plugin.cpu_ms - gated.cpu_ms:+.0f} ms: prometheus_client's import)"
+            )
         lines += [
             "",
             f"- the ASGI integration's startup overhead: the same FastAPI app started and stopped "

@@ -374,8 +374,10 @@ class DatabaseGate:
         while True:
             attempt += 1
             try:
-                probe = await self._connect()
-                report = await verify(settings, self._registry, self.log, scripts=self._scripts, probe=probe)
+                with self._operation("verify"):  # connecting is part of the attempt
+                    probe = await self._connect()
+                    report = await verify(settings, self._registry, self.log, scripts=self._scripts,
+                                          probe=probe, operation=None)
                 break
             except DatabaseUnreachable as exc:
                 await self._drop_probe()
@@ -399,6 +401,15 @@ class DatabaseGate:
     async def shutdown(self) -> None:
         """Close the connection dbinit kept for readiness checks."""
         await self._drop_probe()
+
+    def _operation(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """The ``dbinit_operation`` ``name`` (``verify`` at startup, ``readiness``): connect, then verify."""
+        from dbinit.operations import Operations
+
+        settings = self.settings
+        return Operations(self._registry, settings).run(
+            name, service=settings.service, database=settings.url.display_name
+        )
 
     async def _connect(self) -> Probe:
         if self._probe is None:
@@ -452,11 +463,12 @@ class DatabaseGate:
             self._set(Readiness("not_started"))
             return
         try:
-            probe = await self._connect()
-            report = await verify(
-                self.settings, self._registry, self.log, scripts=self._scripts, probe=probe, quiet=True,
-                operation="readiness",
-            )
+            with self._operation("readiness"):  # reconnecting too: an unreachable database is observed
+                probe = await self._connect()
+                report = await verify(
+                    self.settings, self._registry, self.log, scripts=self._scripts, probe=probe, quiet=True,
+                    operation=None,
+                )
         except Exception as exc:
             await self._drop_probe()  # a broken connection is reopened next time
             self._refresh_failed(exc)

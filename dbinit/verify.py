@@ -6,6 +6,7 @@ Alembic nor the migration files, and reads the database in one round trip.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ async def verify(
     notify: bool = True,
     quiet: bool = False,
     budget: float | None = None,
-    operation: str = "verify",
+    operation: str | None = "verify",
 ) -> VerifyReport:
     """Run ``checks`` (default: all registered) and return the report.
 
@@ -47,10 +48,13 @@ async def verify(
     caps the connect and query timeouts (``wait``'s deadline). Raises
     :class:`DatabaseUnreachable` if the database cannot be reached. The whole
     run is the ``dbinit_operation`` ``operation`` (``verify``, or the gate's
-    ``readiness``); ``dbinit_verify_finished`` fires inside it.
+    ``readiness``); ``dbinit_verify_finished`` fires inside it. None: the caller
+    runs the operation itself, around more than this call (the gate: connecting too).
     """
-    observed = Operations(registry, settings).run(
-        operation, service=settings.service, database=settings.url.display_name
+    observed = (
+        Operations(registry, settings).run(operation, service=settings.service,
+                                           database=settings.url.display_name)
+        if operation is not None else contextlib.nullcontext()
     )
     with observed:
         return await _verify(

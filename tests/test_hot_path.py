@@ -97,3 +97,26 @@ def test_importing_dbinit_imports_no_tracing() -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+@pytest.mark.parametrize("plugins", ["", "dbinit.plugins.prometheus"])
+def test_verify_imports_no_prometheus_client(
+    project: Path, sqlite_database: TestDatabase, plugins: str
+) -> None:
+    """Without the metrics plugin, or with it and nothing to export (no DBINIT_METRICS_*)."""
+    assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    code = (
+        "import json, sys\n"
+        "from dbinit.management import ManagementUtility\n"
+        "status = ManagementUtility(['dbinit', 'verify']).execute()\n"
+        "print(json.dumps({'status': status, 'modules': sorted(sys.modules)}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60,
+        env=clean_env(DATABASE_URL=sqlite_database.url, DBINIT_PLUGINS=plugins),
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["status"] == 0
+    assert ("dbinit.plugins.prometheus" in result["modules"]) == bool(plugins)  # loaded when enabled
+    assert [m for m in result["modules"] if m.split(".")[0] == "prometheus_client"] == []
