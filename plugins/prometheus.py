@@ -73,12 +73,14 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, field_validator
+
 from dbinit import hookimpl
 from dbinit.errors import DatabaseUnreachable, DbinitError, ExitCode
+from dbinit.settings import PluginSettings, plugin_config
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-    from pydantic_settings import BaseSettings
 
     from dbinit.report import MigrateResult, VerifyReport
     from dbinit.settings import Settings
@@ -96,56 +98,28 @@ MAX_LABEL = 64
 # -- settings ------------------------------------------------------------------------------------
 
 
-def _settings_class() -> type[BaseSettings]:
-    """The plugin's settings, a pydantic-settings class of its own (built on first use).
+class MetricsSettings(PluginSettings):
+    """The plugin's options: ``DBINIT_METRICS_*`` and ``[tool.dbinit.metrics]`` (dbinit's helper)."""
 
-    To be replaced by dbinit's shared ``plugin_settings`` helper once it lands
-    (same names: ``DBINIT_METRICS_*``, ``[tool.dbinit.metrics]``).
-    """
-    from pydantic import Field, field_validator
-    from pydantic_settings import (
-        BaseSettings,
-        PydanticBaseSettingsSource,
-        PyprojectTomlConfigSettingsSource,
-        SettingsConfigDict,
-    )
+    model_config = plugin_config("metrics")
 
-    class MetricsSettings(BaseSettings):
-        model_config = SettingsConfigDict(
-            env_prefix="DBINIT_METRICS_", extra="ignore", frozen=True,
-            pyproject_toml_table_header=("tool", "dbinit", "metrics"),
-        )
+    path: str | None = None
+    registry: Literal["own", "default"] = "own"
+    pushgateway: str | None = None
+    textfile: Path | None = None
+    push_timeout: float = Field(5.0, gt=0, le=300)
 
-        path: str | None = None
-        registry: Literal["own", "default"] = "own"
-        pushgateway: str | None = None
-        textfile: Path | None = None
-        push_timeout: float = Field(5.0, gt=0, le=300)
+    @field_validator("path", "pushgateway", "textfile", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
-        @field_validator("path", "pushgateway", "textfile", mode="before")
-        @classmethod
-        def _blank_is_unset(cls, value: Any) -> Any:
-            return None if isinstance(value, str) and not value.strip() else value
-
-        @field_validator("path")
-        @classmethod
-        def _a_path(cls, value: str | None) -> str | None:
-            if value is not None and not value.startswith("/"):
-                raise ValueError("must start with '/' (e.g. /metrics)")
-            return value
-
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, PyprojectTomlConfigSettingsSource(settings_cls))
-
-    return MetricsSettings
+    @field_validator("path")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must start with '/' (e.g. /metrics)")
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,24 +142,14 @@ _configs: dict[Path, MetricsConfig] = {}
 
 
 def load_config() -> MetricsConfig:
-    """The plugin's settings, read once per working directory (``pyproject.toml`` is the cwd's)."""
-    from pydantic import ValidationError
+    """The plugin's settings, read once per working directory (``pyproject.toml`` is the cwd's).
 
-    from dbinit.errors import ConfigurationError
-
+    An invalid value is a configuration error (exit 2) naming ``DBINIT_METRICS_<OPTION>``.
+    """
     where = Path.cwd()
     with _config_lock:
         if where not in _configs:
-            try:
-                read = _settings_class()()
-            except ValidationError as exc:
-                fields = ", ".join(f"DBINIT_METRICS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                                   for e in exc.errors())
-                raise ConfigurationError(
-                    f"dbinit.plugins.prometheus: {fields}",
-                    hint="Fix the value in the environment or [tool.dbinit.metrics] in pyproject.toml",
-                ) from None
-            _configs[where] = MetricsConfig(**read.model_dump())
+            _configs[where] = MetricsConfig(**MetricsSettings.load().model_dump())
         return _configs[where]
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from dbinit import hookimpl
 from dbinit.checks import Check, CheckMessage, Facts, Info, Warning, check
+from dbinit.settings import PluginSettings, plugin_config
 
 if TYPE_CHECKING:
     from dbinit.management.base import BaseCommand
@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 
 #: The environment variable naming the audit log (unset: no audit line).
 AUDIT_LOG = "DBINIT_ACME_AUDIT_LOG"
+
+
+class AcmeSettings(PluginSettings):
+    """This plugin's options: ``DBINIT_ACME_*`` (environment, ``.env``) or ``[tool.dbinit.acme]``."""
+
+    model_config = plugin_config("acme")
+
+    #: The file each verification appends a JSON line to (None: no audit line).
+    audit_log: str | None = None
 
 
 @check("acme.W001", "one_version_row_per_head", tags=("acme", "database"), requires=("dbinit.E003",))
@@ -61,7 +70,7 @@ def dbinit_commands() -> Mapping[str, str | type[BaseCommand]]:
 
 @hookimpl
 def dbinit_verify_finished(report: VerifyReport) -> None:
-    path = os.environ.get(AUDIT_LOG)
+    path = AcmeSettings.load().audit_log
     if not path:
         return
     line = {

@@ -17,7 +17,7 @@ class Command(BaseCommand):
 
     def handle(self, **options: Any) -> int:
         checks: dict[str, list[str]] = {}
-        for item in self.registry.checks:
+        for item in self.registry.checks(self.settings):
             checks.setdefault(item.plugin, []).append(item.id)
         plugins = [p for p in self.registry.plugins if options["plugin"] in (None, p.name)]
         if options["format"] == "json":
