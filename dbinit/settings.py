@@ -75,6 +75,21 @@ Name = Annotated[str, Field(min_length=1), AfterValidator(_fits_an_identifier)]
 ProbePath = Annotated[str, Field(pattern=r"^/[^\s?#]*$")]
 
 
+def dbinit_sources(
+    cls: type[BaseSettings],
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+    dotenv_settings: PydanticBaseSettingsSource,
+    file_secret_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """dbinit's sources, in its precedence: keyword arguments > environment > ``.env`` > pyproject.
+
+    The ``settings_customise_sources`` of every settings class of dbinit's (and of plugins').
+    """
+    return (init_settings, env_settings, dotenv_settings, PyprojectTomlConfigSettingsSource(settings_cls))
+
+
 class Settings(BaseSettings):
     """Everything dbinit can be told. Build it with :func:`load_settings`."""
 
@@ -166,21 +181,7 @@ class Settings(BaseSettings):
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            dotenv_settings,
-            PyprojectTomlConfigSettingsSource(settings_cls),
-        )
+    settings_customise_sources = classmethod(dbinit_sources)  # type: ignore[assignment]
 
     # -- derived views -----------------------------------------------------------
 
@@ -418,16 +419,7 @@ class _PluginsSetting(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         return Settings._split_commas(value)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings, PyprojectTomlConfigSettingsSource(settings_cls))
+    settings_customise_sources = classmethod(dbinit_sources)  # type: ignore[assignment]
 
 
 def plugin_modules() -> tuple[str, ...]:
@@ -498,16 +490,7 @@ class PluginSettings(BaseSettings):
 
     model_config: ClassVar[SettingsConfigDict] = plugin_config("plugin")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings, PyprojectTomlConfigSettingsSource(settings_cls))
+    settings_customise_sources = classmethod(dbinit_sources)  # type: ignore[assignment]
 
     @classmethod
     def load(cls: type[P], **overrides: Any) -> P:
