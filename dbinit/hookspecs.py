@@ -207,7 +207,10 @@ def dbinit_operation(
       ``dbinit_verify_finished`` fires inside it, so an observer can read the
       report there while its span or timer is still open;
     - ``readiness``: the ASGI gate's readiness re-check (a verification on
-      its kept connection; ``dbinit_verify_finished`` fires inside it too);
+      its kept connection, reconnecting first if it was lost, so an unreachable
+      database ends it with ``DatabaseUnreachable``; ``dbinit_verify_finished``
+      fires inside it too); each startup attempt of the gate is a ``verify``
+      operation including its connect;
     - ``migrate``: a ``migrate`` run, from before the lock to the end;
     - ``lock_wait``: waiting for (and taking) the migration lock;
     - ``revision``: one revision applied by Alembic, in the migration thread
