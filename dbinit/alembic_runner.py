@@ -293,12 +293,34 @@ class HistoryWriter:
     def ensure(self, connection: Any) -> None:
         from dbinit.history import ensure_in_transaction
 
-        ensure_in_transaction(connection, self.table)
+        try:
+            ensure_in_transaction(connection, self.table)
+        except Exception as exc:
+            if is_connection_failure(exc):
+                raise  # a failed migration, retryable
+            raise self._unusable(exc, "cannot be created", "Nothing was migrated") from exc
 
     def applied(self, connection: Any, revision: str) -> None:
         from dbinit.history import record_in_transaction
 
-        record_in_transaction(connection, self.table, self._row(revision, "applied"))
+        try:
+            record_in_transaction(connection, self.table, self._row(revision, "applied"))
+        except Exception as exc:
+            if is_connection_failure(exc):
+                raise  # a failed migration, retryable
+            raise self._unusable(
+                exc, f"cannot record migration {revision}", f"Migration {revision} was rolled back"
+            ) from exc
+
+    def _unusable(self, exc: Exception, what: str, done: str) -> ConfigurationError:
+        """The history table cannot be written through Alembic's connection, and not because the
+        connection was lost: final (exit 2), a retry meets the same table."""
+        setting = "DBINIT_HISTORY_TABLE"
+        return ConfigurationError(
+            f"the history table {self.table.shown} {what}: {describe_failure(exc)}",
+            hint=f"{done}. Let the migration role create and insert into it, or, if a table of "
+            f"that name is not dbinit's, set {setting} to another name",
+        )
 
     def ended(self, revision: str | None, outcome: Outcome, error: str) -> None:
         """Record that ``revision`` failed or was interrupted (its transaction rolled back).

@@ -320,3 +320,38 @@ def test_the_command_strategy_records_after_the_command(project: Path, pg_databa
     assert_no_password(failed.error)
     shown = run_dbinit("history", "--format", "json", "--limit", "1", cwd=project, DATABASE_URL=url)
     assert json.loads(shown.stdout)["rows"][0]["duration_ms"] is None
+
+
+def test_a_history_table_that_is_not_dbinits_is_exit_2(project: Path, database: TestDatabase) -> None:
+    """A table of that name that is not dbinit's: the revision that cannot be recorded rolls back,
+    and the job fails for good (exit 2) naming the setting, instead of migrating unrecorded."""
+    url = url_of(database)
+    database.sql("CREATE TABLE dbinit_history (id INTEGER, note TEXT)")
+    code, output = migrate(project, url)
+    assert code == 2, output
+    assert f"the history table dbinit_history cannot record migration {BASE[0]}" in output
+    assert "DBINIT_HISTORY_TABLE" in output
+    assert "alembic_version" not in database.tables() or database.versions() == set()
+    assert database.sql("SELECT count(*) FROM dbinit_history") == [(0,)]
+    assert_no_password(output)
+    code, output = migrate(project, url, DBINIT_HISTORY_TABLE="dbinit_migrations")
+    assert code == 0, output
+    assert [r[0] for r in database.sql("SELECT revision FROM dbinit_migrations ORDER BY id")] == BASE
+
+
+def test_a_failed_row_that_cannot_be_written_is_a_warning(
+    project: Path, sqlite_database: TestDatabase
+) -> None:
+    """The revision's own failure stays the job's (exit 5); the history's is a warning line."""
+    database = sqlite_database
+    assert migrate(project, database.url)[0] == 0
+    database.sql("DROP TABLE dbinit_history")
+    database.sql("CREATE TABLE dbinit_history (id INTEGER)")
+    add_revision(project, R1, HEAD, body='op.execute("SELECT * FROM no_such_table")')
+    result = run_dbinit("migrate", cwd=project, DATABASE_URL=database.url, SERVICE_NAME=SERVICE)
+    assert result.returncode == 5, result.output
+    assert f"migration {R1}" in result.stderr and "no_such_table" in result.stderr
+    warnings = [json.loads(line) for line in result.stderr.splitlines()
+                if line.startswith("{") and "Cannot record the revision in the history" in line]
+    assert [(w["level"], w["revision"], w["outcome"]) for w in warnings] == [("warning", R1, "failed")]
+    assert "has no column named revision" in str(warnings[0]["reason"])
