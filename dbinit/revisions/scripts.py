@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from dbinit.revisions.graph import Revision, RevisionGraph
 from dbinit.revisions.layout import AlembicLayout, find_layout, list_revision_files
 from dbinit.revisions.reader import UnreadableRevision, read_revision
+
+if TYPE_CHECKING:
+    from dbinit.revisions.phases import RevisionPhase
 
 #: How one file was read: the fast path, :mod:`ast`, or only Alembic could (it imports the file).
 FileReader = Literal["fast", "ast", "alembic"]
@@ -40,6 +43,11 @@ class MigrationScripts:
     manifest_note: str = ""
     #: The pyproject.toml whose [tool.alembic] configures Alembic, if any.
     pyproject: Path | None = None
+    #: The revisions' phases, computed on first use by :func:`dbinit.revisions.phases.revision_phases`
+    #: (verify never needs them).
+    _phases: Mapping[str, RevisionPhase] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def configured(self) -> bool:
