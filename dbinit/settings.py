@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     version_table: Name = "alembic_version"
     #: The version table's schema when it is not the tables' (airflow's SQL_ALCHEMY_SCHEMA).
     version_table_schema: Name | None = None
+    #: The table ``migrate`` records each revision's run in (in the version table's schema).
+    history_table: Name = "dbinit_history"
     heads: CommaList = ()
     #: A database ahead of the image (a newer release migrated it): "false" fails it (E004),
     #: "compatible" accepts it only when its history says this image's code still works on it,
@@ -186,7 +188,9 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("strategy", "db_schema", "version_table", "version_table_schema", mode="before")
+    @field_validator(
+        "strategy", "db_schema", "version_table", "version_table_schema", "history_table", mode="before"
+    )
     @classmethod
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
