@@ -416,7 +416,8 @@ class DatabaseGate:
             from dbinit.database import open_probe
             from dbinit.facts import probe_options
 
-            options = probe_options(self.settings, "ready", long_lived=True)
+            heads = self._scripts.heads if self._scripts is not None else ()
+            options = probe_options(self.settings, "ready", long_lived=True, heads=heads)
             self._probe = await open_probe(self.settings.url, options)
         return self._probe
 

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 MAX_REVISION_SHOWN = 255
 #: The history table's default name (DBINIT_HISTORY_TABLE; dbinit.history owns its DDL).
 DEFAULT_HISTORY_TABLE = "dbinit_history"
+#: Where the statement's history columns start: an error positioned after it is the history
+#: table's (missing on a database migrated before dbinit kept one), not the version table's.
+HISTORY_MARK = "/* dbinit: history */"
+#: What asyncpg's ``copy_from_query`` puts before the query ("COPY (...) TO STDOUT").
+_COPY_PREFIX = len("COPY (")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,11 +217,14 @@ def postgres_state_query(
     the version table): whether it exists, and the latest ``applied`` row
     (revision, compatible_since, phase) of each current revision, as a JSON
     array. A database migrated before dbinit kept a history has no such table:
-    the statement then fails like one without a version table, the fallback
-    (which also says whether the version table is sound) tells the two apart,
-    and a third statement, ``with_history=False``, reads the versions and only
-    asks whether the history table exists (``to_regclass``). Every statement
-    without versions also asks only that.
+    the statement then fails, and the error's position (after
+    :data:`HISTORY_MARK`: the parser reports the first missing relation, and
+    the version table comes first) says it was the history table; a second
+    statement, ``with_history=False``, reads the versions and only asks
+    whether the history table exists (``to_regclass``). Without a position
+    (a pooler that drops it), the fallback says whether the version table is
+    sound, and the second statement follows it. Every statement without
+    versions also asks only that.
     """
     schema_sql = sql_literal(schema) if schema else "current_schema()"
     where = version_schema or schema
@@ -243,14 +251,12 @@ def postgres_state_query(
     if history_table is None:
         history = "false, NULL"
     elif with_versions and with_history:
-        named = f"{sql_identifier(where)}.{sql_identifier(history_table)}" if where else sql_identifier(
-            history_table
-        )
-        history = f"""true, (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(
-                 h.revision, h.compatible_since, h.phase) ORDER BY h.revision)
-            FROM (SELECT DISTINCT ON (revision) revision, compatible_since, phase FROM {named}
-                   WHERE outcome = 'applied' AND revision IN (SELECT version_num::text FROM {table})
-                   ORDER BY revision, id DESC) h)"""
+        from dbinit.history import HistoryTable, latest_applied_json
+
+        latest = latest_applied_json(HistoryTable(history_table, where, "postgresql"), "v.revision")
+        history = f"""{HISTORY_MARK} true, (SELECT pg_catalog.json_agg(
+                 pg_catalog.json_build_array(v.revision, {latest}) ORDER BY v.revision)
+            FROM (SELECT DISTINCT version_num::text AS revision FROM {table}) v)"""
     else:
         name = (
             f"pg_catalog.format('%I.%I', {sql_literal(where)}, {sql_literal(history_table)})"
@@ -262,9 +268,13 @@ def postgres_state_query(
 
 
 def history_entries(document: str | None) -> tuple[HistoryEntry, ...]:
-    """The history column's JSON array (NULL: no row) as entries."""
+    """The history column: a JSON array of [revision, its latest applied row or null] (NULL: no rows)."""
     rows = json.loads(document) if document is not None else None
-    return tuple(HistoryEntry(str(r[0]), str(r[1]), str(r[2])) for r in rows or [])
+    return tuple(
+        HistoryEntry(str(revision), str(row["compatible_since"]), str(row["phase"]))
+        for revision, row in rows or []
+        if row is not None
+    )
 
 
 def postgres_state(
@@ -439,7 +449,11 @@ class PostgresProbe:
         try:
             try:
                 fields = await self._fetch(first)
-            except missing:
+            except missing as exc:
+                if not self._without_history and self._history_failed(first, exc):
+                    fields = await self._fetch(self._queries[count_tables, True, False])
+                    self._without_history = self._long_lived
+                    return self._state(fields, history_readable=False)
                 fields = await self._fetch(self._queries[count_tables, False, False])
                 if not self._without_history and shows_version_table(fields[4]):
                     try:
@@ -456,6 +470,14 @@ class PostgresProbe:
         if self._without_history and fields[5] == "t":
             self._without_history = False  # it appeared: the next read is one statement with it
         return self._state(fields, history_readable=True)
+
+    def _history_failed(self, query: str, exc: BaseException) -> bool:
+        """Whether the server placed the error in the history columns (see :data:`HISTORY_MARK`)."""
+        position = getattr(exc, "position", None)
+        mark = query.find(HISTORY_MARK)
+        if not position or not str(position).isdigit() or mark < 0:
+            return False
+        return int(position) - 1 - (0 if self._long_lived else _COPY_PREFIX) > mark
 
     def _state(self, fields: list[str | None], *, history_readable: bool) -> DatabaseState:
         version, schema, count, exists, versions, history_exists, history = fields
@@ -667,14 +689,12 @@ def _sqlite_history(
     """The latest applied history row of each current revision, or why the table cannot be read."""
     import sqlite3
 
-    wanted = sorted({str(v) for v in versions if isinstance(v, str)})
-    marks = ", ".join("?" * len(wanted))
-    query = (
-        f"SELECT revision, compatible_since, phase FROM {sql_identifier(table)} "
-        f"WHERE outcome = 'applied' AND revision IN ({marks}) ORDER BY id"
-    )
+    from dbinit.history import HistoryTable, latest_applied_sql
+
+    wanted = sorted({v for v in versions if isinstance(v, str)})
+    query = latest_applied_sql(HistoryTable(table, None, "sqlite"), wanted)
     try:
-        rows = connection.execute(query, wanted).fetchall()
+        rows = connection.execute(query).fetchall()
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorname != "SQLITE_ERROR":  # busy, locked, I/O: not the table's fault
             raise

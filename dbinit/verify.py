@@ -104,7 +104,7 @@ async def _verify(
         if probe is not None:
             state = await probe.read_state(count_tables=not quiet)
         else:
-            state = await read_state(settings, budget=budget)
+            state = await read_state(settings, budget=budget, heads=scripts.heads)
     facts = Facts(settings=settings, scripts=scripts, state=state)
     if state is not None and not quiet:
         assert facts.verdict is not None
