@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.history import HistoryRow, Outcome
     from dbinit.identity import DatabaseIdentity
     from dbinit.interrupts import RunControl
     from dbinit.operations import Operations
@@ -192,8 +195,12 @@ def upgrade(
     applied: list[str] = []
     planned: list[str] = []
     observed = RevisionOperations(operations, planned)
+    history = HistoryWriter(settings, scripts, log)
 
     def on_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        if step.is_upgrade:
+            # in the revision's transaction: committed with it, or rolled back with it
+            history.applied(ctx.connection, step.up_revision_id)
         if control is not None:
             # still inside this migration's transaction: raising rolls it back
             revision = step.up_revision_id
@@ -203,6 +210,7 @@ def upgrade(
             log.info("Migration applied", revision=step.up_revision_id, doc=step.up_revision.doc)
         observed.end()
         observed.begin_next()
+        history.begin()
 
     def steps(rev: Any, context: Any) -> Any:
         if control is not None:
@@ -211,7 +219,9 @@ def upgrade(
         planned.extend(step.revision.revision for step in result)
         if result:
             log.info("Running pending migrations", count=len(result))
+            history.ensure(context.connection)
         observed.begin_next()
+        history.begin()
         return result
 
     def per_migration(kwargs: dict[str, Any]) -> None:
@@ -236,15 +246,87 @@ def upgrade(
         failing = next((r for r in planned if r not in applied), None)
         if control is not None and control.stopping:
             if isinstance(exc, (Interrupted, LockLost)):
+                history.ended(failing, "interrupted", exc.message)
                 raise
             remains = what_remains(settings, scripts, failing) if failing else None
             left = "" if remains is None or remains.whole else str(remains)
             what, before = _where_stopped(failing, applied, whole=not left)
-            raise control.stop_error(what, revision=failing, applied=before, remains=left) from None
+            stopped = control.stop_error(what, revision=failing, applied=before, remains=left)
+            history.ended(failing, "interrupted", stopped.message)
+            raise stopped from None
         if isinstance(exc, DbinitError):
+            history.ended(failing, "failed", exc.message)
             raise  # ours, already classified (e.g. a version table env.py configures differently)
+        history.ended(failing, "failed", describe_failure(exc))
         raise migration_error(exc, failing, scripts, settings, applied) from exc
     return applied
+
+
+class HistoryWriter:
+    """The history rows of one ``upgrade`` (:mod:`dbinit.history`).
+
+    An applied revision's row is inserted through Alembic's connection inside
+    the revision's transaction; a failed or interrupted one's after the
+    rollback, on a short connection of dbinit's own (:func:`ended`). The table
+    is created, if missing, once the plan is known and not empty, in the first
+    revision's transaction. The phases are read when the writer is made:
+    before anything runs, so a revision that declares an unusable phase is a
+    configuration error (exit 2) and nothing was migrated.
+    """
+
+    def __init__(self, settings: Settings, scripts: MigrationScripts, log: FilteringBoundLogger) -> None:
+        from dbinit.history import HistoryTable, phases_of
+
+        self.settings = settings
+        self.scripts = scripts
+        self.log = log
+        self.table = HistoryTable.of(settings)
+        self.phases = phases_of(scripts)
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.started = time.perf_counter()
+
+    def begin(self) -> None:
+        """The next revision starts now."""
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.started = time.perf_counter()
+
+    def ensure(self, connection: Any) -> None:
+        from dbinit.history import ensure_in_transaction
+
+        ensure_in_transaction(connection, self.table)
+
+    def applied(self, connection: Any, revision: str) -> None:
+        from dbinit.history import record_in_transaction
+
+        record_in_transaction(connection, self.table, self._row(revision, "applied"))
+
+    def ended(self, revision: str | None, outcome: Outcome, error: str) -> None:
+        """Record that ``revision`` failed or was interrupted (its transaction rolled back).
+
+        Never raises: a history that cannot be written is a warning, the run's
+        own error stays what the job reports.
+        """
+        if revision is None:
+            return  # nothing was cut short (before the first revision, or while one committed)
+        from dbinit.command_runner import redactor_for
+        from dbinit.history import HistoryUnavailable, one_line_error, record_now
+
+        row = self._row(revision, outcome, one_line_error(error, redactor_for(self.settings)))
+        try:
+            record_now(self.settings, [row])
+        except HistoryUnavailable as exc:
+            self.log.warning(
+                "Cannot record the revision in the history", revision=revision, outcome=outcome,
+                table=self.table.shown, reason=str(exc),
+            )
+
+    def _row(self, revision: str, outcome: Outcome, error: str | None = None) -> HistoryRow:
+        from dbinit.history import row_for
+
+        duration = (time.perf_counter() - self.started) * 1000
+        return row_for(
+            self.settings, self.scripts, self.phases, revision, outcome, self.started_at, duration, error
+        )
 
 
 class RevisionOperations:

@@ -67,6 +67,7 @@ from dbinit.logs import Redactor
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.history import Outcome
     from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
     from dbinit.strategies import StrategyContext
@@ -443,6 +444,7 @@ def run_command(context: StrategyContext, argv: Sequence[str] | None = None) -> 
         # another job migrated while this one waited for the lock: the command runs once
         log.info("Nothing pending: the migration command is not run", command=command)
         return []
+    history = CommandHistory(settings, scripts, log)  # a revision's bad phase declaration: exit 2 now
     control.confirm_lock("stopped before the migration command started")
     started = time.monotonic()
     process = spawn(executable, words, env, redactor)
@@ -460,16 +462,70 @@ def run_command(context: StrategyContext, argv: Sequence[str] | None = None) -> 
         after = _versions_now(settings)
         # a stop that came too late to cut the command short: it finished, the run succeeded
         if not control.stopping or not scripts.graph.pending(after):
-            return _succeeded(settings, scripts, log, command, before, after, pending, seconds)
+            applied = _succeeded(settings, scripts, log, command, before, after, pending, seconds)
+            history.record(applied)
+            return applied
     end_leftover_sessions(settings, control, log)
     unread = ""
     if after is None:
         after, unread = _versions_after_failure(settings)
     applied = applied_between(scripts, before, after) if after is not None else []
+    left = scripts.graph.pending(after) if after is not None else []
     if control.stopping:
         what = f"migration command {command} stopped: it {ending.describe()}" + _state(scripts, after, unread)
-        raise control.stop_error(what, applied=applied)
-    raise _failed(command, ending, output.last_lines(), scripts, after, unread, applied, settings)
+        stopped = control.stop_error(what, applied=applied)
+        history.record(applied, left[0] if left else None, "interrupted", stopped.message)
+        raise stopped
+    failed = _failed(command, ending, output.last_lines(), scripts, after, unread, applied, settings)
+    history.record(applied, failed.revision, "failed", failed.message)
+    raise failed
+
+
+class CommandHistory:
+    """The history rows of a ``command`` strategy run (:mod:`dbinit.history`), written after it.
+
+    The project's migrator commits in its own transactions, where dbinit
+    cannot write: once it ended, one ``applied`` row per revision the version
+    table gained (``started_at`` the command's start, ``duration_ms``
+    :data:`~dbinit.history.DURATION_UNKNOWN`: one process applied them all), and
+    for a failure or a stop, a ``failed`` / ``interrupted`` row for the
+    revision that was next. A history that cannot be written is a warning.
+    """
+
+    def __init__(self, settings: Settings, scripts: MigrationScripts, log: FilteringBoundLogger) -> None:
+        from dbinit.history import now, phases_of
+
+        self.settings = settings
+        self.scripts = scripts
+        self.log = log
+        self.phases = phases_of(scripts)
+        self.started_at = now()
+
+    def record(
+        self, applied: Sequence[str], cut: str | None = None, outcome: Outcome = "failed", error: str = ""
+    ) -> None:
+        from dbinit.history import (
+            DURATION_UNKNOWN,
+            HistoryUnavailable,
+            one_line_error,
+            record_now,
+            row_for,
+        )
+
+        settings, scripts, phases = self.settings, self.scripts, self.phases
+        rows = [
+            row_for(settings, scripts, phases, rev, "applied", self.started_at, DURATION_UNKNOWN)
+            for rev in applied
+        ]
+        if cut is not None:
+            said = one_line_error(error, redactor_for(settings))
+            unknown = DURATION_UNKNOWN
+            rows.append(row_for(settings, scripts, phases, cut, outcome, self.started_at, unknown, said))
+        try:
+            record_now(settings, rows)
+        except HistoryUnavailable as exc:
+            self.log.warning("Cannot record the migration command's revisions in the history",
+                             revisions=[row.revision for row in rows], reason=str(exc))
 
 
 def _succeeded(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -352,9 +353,15 @@ def row_for(
     )
 
 
+#: ``PASSWORD '...'`` in SQL (CREATE/ALTER ROLE, USER MAPPING ... OPTIONS (password '...')).
+_SQL_PASSWORD = re.compile(r"(?P<head>\bpassword\s*)(?P<secret>E?'(?:[^']|'')*'?)", re.IGNORECASE)
+
+
 def one_line_error(text: str, redactor: Redactor) -> str:
-    """``text`` redacted (known secrets, any URL's password), on one line, at most :data:`MAX_ERROR`."""
-    line = " ".join(redactor.text(text).split())
+    """``text`` redacted (known secrets, any URL's password, an SQL ``PASSWORD '...'``), on one
+    line, at most :data:`MAX_ERROR` characters."""
+    redacted = _SQL_PASSWORD.sub(lambda m: m["head"] + "'***'", redactor.text(text))
+    line = " ".join(redacted.split())
     return line if len(line) <= MAX_ERROR else line[: MAX_ERROR - 1] + "…"
 
 
