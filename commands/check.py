@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
+
+from dbinit.plugins.checks import CHECK_COMMAND_CHECKS
 
 from dbinit.checks import Level, select_checks
 from dbinit.errors import ConfigurationError, ExitCode
+from dbinit.facts import read_scripts
 from dbinit.management.base import BaseCommand
+from dbinit.revisions.phases import revision_phases
+from dbinit.revisions.scripts import MigrationScripts
 from dbinit.verify import verify
 
 
@@ -35,7 +41,10 @@ class Command(BaseCommand):
             fail_level = Level.parse(options["fail_level"])
         except ValueError as exc:
             raise ConfigurationError(f"--fail-level: {exc}") from None
-        checks = self.registry.checks(self.settings)
+        checks = (
+            *self.registry.checks(self.settings),
+            *(dataclasses.replace(c, plugin="dbinit.plugins.checks") for c in CHECK_COMMAND_CHECKS),
+        )
         known_tags = sorted({t for c in checks for t in c.tags})
         unknown = [t for t in options["tag"] if t not in known_tags]
         if unknown:
@@ -66,8 +75,14 @@ class Command(BaseCommand):
                     )
             return 0
         log = self.log.bind(tags=options["tag"]) if options["tag"] else self.log
+        scripts: MigrationScripts | None = None
+        if any(c.id in {p.id for p in CHECK_COMMAND_CHECKS} for c in selected):
+            scripts = read_scripts(self.settings)
+            revision_phases(scripts)  # a wrong dbinit_phase is exit 2, not a failed check
         report = self.run(
-            lambda _: verify(self.settings, self.registry, log, checks=selected, fail_level=fail_level)
+            lambda _: verify(
+                self.settings, self.registry, log, checks=selected, scripts=scripts, fail_level=fail_level
+            )
         )
         messages = [
             (o, m)

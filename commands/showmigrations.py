@@ -8,6 +8,7 @@ from typing import Any
 from dbinit.facts import read_scripts, read_state
 from dbinit.management.base import BaseCommand
 from dbinit.revisions.docs import revision_doc
+from dbinit.revisions.phases import RevisionPhase, revision_phases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,27 +23,40 @@ class ShownRevision:
     #: Alembic's ``doc``: the docstring's first paragraph, the ``-m`` message ("" if none).
     doc: str | None
     file: str | None
+    phase: RevisionPhase
 
     def as_json(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "down_revisions": list(self.down_revisions)}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "phase"}
+        return {
+            **fields,
+            "down_revisions": list(self.down_revisions),
+            "phase": self.phase.phase,
+            "phase_source": self.phase.source,
+            "phase_reason": self.phase.reason,
+            "compatible_since": self.phase.compatible_since,
+        }
 
     def line(self) -> str:
         marks = [m for m, on in (("current", self.current), ("head", self.head)) if on]
         suffix = f"  ({', '.join(marks)})" if marks else ""
         doc = " ".join((self.doc or "").split())
-        described = "  ".join(part for part in (self.revision, doc, self.file) if part)
+        described = "  ".join(
+            part for part in (self.revision, doc, self.file, self.phase.described) if part
+        )
         return f" [{'X' if self.applied else ' '}] {described}{suffix}"
 
 
 class Command(BaseCommand):
     help = (
         "List every revision in upgrade order with its message (Alembic's doc) and file: "
-        "[X] applied, [ ] pending; current and head marked."
+        "[X] applied, [ ] pending; current and head marked; each revision's phase (expand or "
+        "contract, declared or inferred)."
     )
     has_format = True
 
     def handle(self, **options: Any) -> int:
         scripts = read_scripts(self.settings)
+        phases = revision_phases(scripts)  # before the database: a wrong declaration is exit 2
         state = self.run(lambda _: read_state(self.settings, "showmigrations"))
         graph = scripts.graph
         current = set(state.versions)
@@ -59,6 +73,7 @@ class Command(BaseCommand):
                     down_revisions=graph.revisions[rev].down_revisions,
                     doc=revision_doc(path) if path is not None else None,
                     file=path.name if path is not None else None,
+                    phase=phases[rev],
                 )
             )
         unknown = sorted(current - set(graph.revisions))

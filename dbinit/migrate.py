@@ -25,6 +25,7 @@ from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
 from dbinit.operations import Operations
 from dbinit.report import AfterMigrateStep, MigratePlan, MigrateResult, VerifyReport
+from dbinit.revisions.phases import revision_phases
 from dbinit.strategies import Strategy, StrategyContext
 from dbinit.verify import verify
 
@@ -153,6 +154,8 @@ async def _migrate(
             "[tool.alembic] in pyproject.toml",
             hint="Run where alembic.ini is or set DBINIT_ALEMBIC_INI",
         )
+    # A wrong dbinit_phase / dbinit_compatible_since is exit 2 before the lock, not after migrating.
+    revision_phases(scripts)
     log.info(
         "Migration mode - running database migrations",
         strategy=strategy.name,

@@ -413,6 +413,55 @@ def single_head(facts: Facts) -> Iterator[CheckMessage]:
     yield Info(f"Head {', '.join(graph.heads)}", id="dbinit.E006")
 
 
+@check(
+    "dbinit.W010",
+    "contract_revisions",
+    tags=("migrations",),
+    requires_database=False,
+    requires=("dbinit.E001",),
+)
+def contract_revisions(facts: Facts) -> Iterator[CheckMessage]:
+    """Lists the revisions that count as contract (the previous release's code may break on them)."""
+    from dbinit.revisions.phases import DECLARE_HINT, revision_phases
+
+    phases = revision_phases(facts.scripts)
+    order = facts.scripts.graph.pending(())
+    inferred = [phases[r] for r in order if phases[r].phase == "contract" and phases[r].source == "inferred"]
+    declared = [r for r in order if phases[r].phase == "contract" and phases[r].source == "declared"]
+    since = sorted({phases[h].compatible_since for h in facts.scripts.heads})
+    at_head = f"; at head, code from revision {', '.join(since)} on works" if since else ""
+    if inferred:
+        shown = "; ".join(
+            f"{p.revision} ({_file_line(facts, p.revision, p.line)}: {p.reason})" for p in inferred[-5:]
+        )
+        yield Warning(
+            f"{len(inferred)} revision(s) count as contract (inferred): {shown}"
+            + (f" and {len(inferred) - 5} older" if len(inferred) > 5 else "")
+            + at_head,
+            hint="A contract revision may break the code of the previous release while it still runs "
+            "(rolling deploy): deploy it only once no pod runs older code. " + DECLARE_HINT
+            + ' To acknowledge a contract, declare dbinit_phase = "contract".',
+            id="dbinit.W010",
+        )
+    elif declared:
+        yield Info(
+            f"{len(declared)} revision(s) declared contract: {_listed(declared)}{at_head}", id="dbinit.W010"
+        )
+    else:
+        yield Info(f"No contract revision: every revision is an expand{at_head}", id="dbinit.W010")
+
+
+def _file_line(facts: Facts, revision: str, line: int | None) -> str:
+    path = facts.scripts.graph.revisions[revision].path
+    name = path.name if path is not None else "?"
+    return f"{name}:{line}" if line is not None else name
+
+
+#: Checks only ``dbinit check`` runs: never verify at a service's start-up, nor readiness
+#: (they read every migration file).
+CHECK_COMMAND_CHECKS: tuple[Check, ...] = (contract_revisions,)
+
+
 BUILTIN_CHECKS: tuple[Check, ...] = (
     migrations_present,
     database_not_empty,

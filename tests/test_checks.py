@@ -282,10 +282,11 @@ def test_check_list_needs_no_database(project: Path) -> None:
     listed = run_dbinit("check", "--list", cwd=project, DATABASE_URL=UNREACHABLE)
     assert listed.returncode == 0, listed.output
     lines = listed.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == IDS
+    # dbinit.W010 only in `dbinit check`: verify never reads every file for the phases
+    assert [line.split()[0] for line in lines] == [*IDS, "dbinit.W010"]
     for line, name in zip(lines, ["migrations_present", "database_not_empty", "alembic_table_present",
                                   "current_revision_known", "current_revision_is_head",
-                                  "single_head"], strict=True):
+                                  "single_head", "contract_revisions"], strict=True):
         assert f"  {name}  " in line
 
     as_json = run_dbinit("check", "--list", "--tag", "database", "--format", "json", cwd=project,
@@ -301,7 +302,7 @@ def test_check_tag_migrations_runs_without_the_database(project: Path) -> None:
                         DATABASE_URL=UNREACHABLE)
     assert result.returncode == 0, result.output
     document = json.loads(result.stdout)
-    assert [c["id"] for c in document["checks"]] == ["dbinit.E001", "dbinit.E006"]
+    assert [c["id"] for c in document["checks"]] == ["dbinit.E001", "dbinit.E006", "dbinit.W010"]
     assert document["table_count"] is None
     # no database was read: nothing claims it was verified
     assert (document["action"], document["database_read"]) == ("checked", False)
@@ -311,7 +312,7 @@ def test_check_tag_migrations_runs_without_the_database(project: Path) -> None:
         "Running checks that do not read the database", "Checks passed", "Checks completed"
     ]
     assert all(e["tags"] == ["migrations"] for e in events)
-    assert events[1]["checks"] == ["dbinit.E001", "dbinit.E006"]
+    assert events[1]["checks"] == ["dbinit.E001", "dbinit.E006", "dbinit.W010"]
     assert "Database verification" not in result.stderr
 
     text = run_dbinit("check", "--tag", "migrations", cwd=project, DATABASE_URL=UNREACHABLE,

@@ -103,10 +103,15 @@ def test_showmigrations_marks_applied_current_and_head(project: Path, database: 
     lines = result.stdout.splitlines()
     assert lines[0].startswith("orders (")
     # each revision with its message (the -m of `alembic revision`), then its file
-    assert lines[1] == " [X] 374752db316e  create products  374752db316e_create_products.py"
-    assert lines[2] == " [X] 5c9a1e7b2f40  create orders  5c9a1e7b2f40_create_orders.py"
-    assert lines[3] == " [X] 8d3f6b2a9c11  add order status  8d3f6b2a9c11_add_order_status.py  (current)"
-    assert lines[4] == " [ ] f00dcafe0001  revision f00dcafe0001  f00dcafe0001_revision.py  (head)"
+    # and its phase: what decided it
+    assert lines[1] == (" [X] 374752db316e  create products  374752db316e_create_products.py  "
+                        "expand (inferred: op.create_table('products', …))")
+    assert lines[2] == (" [X] 5c9a1e7b2f40  create orders  5c9a1e7b2f40_create_orders.py  "
+                        "expand (inferred: op.create_table('customers', …))")
+    assert lines[3] == (" [X] 8d3f6b2a9c11  add order status  8d3f6b2a9c11_add_order_status.py  "
+                        "expand (inferred: op.add_column('orders', …))  (current)")
+    assert lines[4] == (" [ ] f00dcafe0001  revision f00dcafe0001  f00dcafe0001_revision.py  "
+                        "expand (inferred: no operations)  (head)")
     shown = run_dbinit("showmigrations", "--format", "json", cwd=project, DATABASE_URL=database.url)
     assert shown.returncode == 0, shown.output
     data = json.loads(shown.stdout)
@@ -142,5 +147,6 @@ def test_showmigrations_doc_is_alembics(project: Path, sqlite_database: TestData
     text = run_dbinit("showmigrations", cwd=project, DATABASE_URL=sqlite_database.url)
     assert text.returncode == 0, text.output
     lines = text.stdout.splitlines()
-    assert " [ ] d0c000000001  two lines of message  d0c000000001_revision.py" in lines
-    assert " [ ] d0c000000002  d0c000000002_revision.py" in lines
+    phase = "  expand (inferred: no operations)"
+    assert " [ ] d0c000000001  two lines of message  d0c000000001_revision.py" + phase in lines
+    assert " [ ] d0c000000002  d0c000000002_revision.py" + phase in lines

@@ -401,11 +401,13 @@ def _classify_execute(callee: str, call: ast.Call) -> _Classified:
     sql = _sql_literal(call.args[0]) if call.args else None
     if sql is None:
         return _Classified("contract", f"cannot be classified: {callee}(<non-literal>)", call.lineno)
-    for statement in split_sql(sql):
+    statements = split_sql(sql)
+    for statement in statements:
         phase, why = classify_sql(statement)
         if phase == "contract":
             return _Classified("contract", f"{callee}({_short(statement)!r}): {why}", call.lineno)
-    return _Classified("expand", f"{callee}({_short(sql.strip())!r})", call.lineno)
+    # shown without comments and string contents, as classified
+    return _Classified("expand", f"{callee}({_short('; '.join(statements))!r})", call.lineno)
 
 
 def _sql_literal(node: ast.expr) -> str | None:
