@@ -36,7 +36,7 @@ def test_service_verifies_job_migrates_seed_dicts(
         "message": "Database verified successfully - ready for service",
         "current_revision": "8d3f6b2a9c11",
         "migration_count": 3,
-        "table_count": 5,
+        "table_count": 6,  # the bakery's 4, alembic_version, dbinit_history
     }
 
 

@@ -132,7 +132,7 @@ def test_env_py_migrating_another_database_is_refused_before_any_revision(
     fixed, report = migrate_json(project, ours.url, APP_DATABASE_URL=elsewhere)
     assert fixed.returncode == 0, fixed.output
     assert report["applied"] == [REVISION]
-    assert ours.tables() == {"bread", "alembic_version"}
+    assert ours.tables() == {"bread", "alembic_version", "dbinit_history"}
     nothing_migrated(theirs)
 
 

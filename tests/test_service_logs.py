@@ -196,7 +196,7 @@ def test_stdlib_format_hands_the_gates_lines_to_the_apps_logging(
     assert "service='orders'" in verified.getMessage()
     fields = verified.dbinit  # type: ignore[attr-defined]
     assert (fields["event"], fields["service"], fields["table_count"]) == (
-        "Database verification successful", "orders", 5)
+        "Database verification successful", "orders", 6)  # with dbinit_history
     assert all(SECRET not in records.format(r) for r in records.records)
 
 

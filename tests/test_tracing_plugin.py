@@ -122,7 +122,7 @@ def test_the_gate_traces_its_startup_and_readiness_rechecks(
         assert "dbinit.check.failed" not in attributes
     assert "count(*)" in str(verify.attributes["db.query.text"])  # type: ignore[index]
     assert "count(*)" not in str(readiness.attributes["db.query.text"])  # type: ignore[index]
-    assert verify.attributes["dbinit.table_count"] == 5  # type: ignore[index]
+    assert verify.attributes["dbinit.table_count"] == 6  # type: ignore[index]  # with dbinit_history
     assert SECRET not in everything(spans)
 
 

@@ -671,7 +671,7 @@ def test_reads_next_to_a_checkpointing_writer_are_never_torn(project: Path, tmp_
                 assert "changed during every read" in exc.message or "-shm" in exc.message, exc
                 continue
             assert state.versions in ((HEAD,), (MIDDLE,)), state
-            assert state.table_count in (5, 6), state
+            assert state.table_count in (6, 7), state  # bakery 4, alembic_version, dbinit_history (+ churn)
             seen.add(state.versions)
     finally:
         stop.set()
