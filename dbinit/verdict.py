@@ -118,13 +118,14 @@ def decide(state: DatabaseState, graph: RevisionGraph, expected_heads: Iterable[
         if set(state.versions) == set(graph.heads) or not graph.pending(state.versions):
             return Verdict("at_head")
         return Verdict("behind")
-    ahead = tuple(_judge(state, graph, value) for value in unknown)
+    ahead = tuple(judge_ahead(state, graph, value) for value in unknown)
     name = next(n for n in _AHEAD_ORDER if any(a.verdict == n for a in ahead))
     since = sorted({a.compatible_since for a in ahead if a.compatible_since is not None})
     return Verdict(name, ",".join(since) if since else None, ahead)
 
 
-def _judge(state: DatabaseState, graph: RevisionGraph, value: str) -> AheadRevision:
+def judge_ahead(state: DatabaseState, graph: RevisionGraph, value: str) -> AheadRevision:
+    """What the history says of ``value``, a current revision ``graph`` does not have."""
     entry = state.history_of(value)
     if entry is not None:
         # every revision of the image's graph is its head or an ancestor of one

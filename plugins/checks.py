@@ -14,10 +14,15 @@ dbinit.E006  single_head                 the migrations have several heads (or n
 
 A database *ahead* of the image (a revision this image does not know, as
 during a rolling deploy after the new release's job ran) fails E004 by
-default: the old code may not work on the new schema. Teams whose migrations
-are backward compatible (expand/contract) set ``DBINIT_ALLOW_AHEAD=true``;
-E004 then reports it as a warning (``dbinit.W004``) and E005 passes with a
-note that the head comparison does not apply.
+default: the old code may not work on the new schema. With
+``DBINIT_ALLOW_AHEAD=compatible`` E004 reads the verdict (:mod:`dbinit.verdict`,
+from the history row ``migrate`` wrote for that revision): ``ahead_compatible``
+(an expand: the revision's ``compatible_since`` is in this image's graph) is a
+warning (``dbinit.W004``); ``ahead_incompatible`` (a contract this code cannot
+serve) and ``ahead_unknown`` (no history row) fail E004, naming the revision
+and what it needs. ``DBINIT_ALLOW_AHEAD=true`` accepts any newer revision as
+W004. When E004 accepts, E005 passes with a note that the head comparison does
+not apply.
 
 The version table is read as Alembic reads it, and E004 fails on every row
 Alembic cannot start an upgrade from, whatever ``DBINIT_ALLOW_AHEAD`` says:
@@ -47,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from dbinit import hookimpl
 from dbinit.checks import Check, CheckMessage, Error, Facts, Info, Warning, check, quoted
+from dbinit.verdict import judge_ahead
 from dbinit.verdict import revision_fault as _revision_fault
 from dbinit.verdict import shaped_like_the_project as _shaped_like_the_project
 
@@ -242,10 +248,10 @@ def _compatibility(facts: Facts, ahead: list[str]) -> CheckMessage:
     """DBINIT_ALLOW_AHEAD=compatible: accept newer revisions only if their history says this code works."""
     graph = facts.scripts.graph
     heads = ", ".join(graph.heads) or "none"
-    verdict = facts.verdict
-    judged = {a.revision: a for a in verdict.ahead} if verdict is not None else {}
-    broken = [judged[v] for v in ahead if v in judged and judged[v].verdict == "ahead_incompatible"]
-    unknown = [v for v in ahead if v not in judged or judged[v].verdict != "ahead_compatible"]
+    state = _state(facts)
+    judged = {v: judge_ahead(state, graph, v) for v in ahead}
+    broken = [judged[v] for v in ahead if judged[v].verdict == "ahead_incompatible"]
+    unknown = [v for v in ahead if judged[v].verdict != "ahead_compatible"]
     if broken:
         shown = "; ".join(
             f"{a.revision} ({a.phase or 'contract'}) needs the code of {a.compatible_since} or later"
@@ -259,11 +265,9 @@ def _compatibility(facts: Facts, ahead: list[str]) -> CheckMessage:
             id="dbinit.E004",
         )
     if unknown:
-        table = facts.state.history_problem if facts.state is not None else ""
         why = (
-            f"the history table {table}" if table
-            else "the history table has no applied row for it"
-            if facts.state is not None and facts.state.history_table_exists
+            f"the history table {state.history_problem}" if state.history_problem
+            else "the history table has no applied row for it" if state.history_table_exists
             else "the database has no history table (migrated before dbinit kept one)"
         )
         return Error(
