@@ -49,3 +49,6 @@ def write_report(command: BaseCommand, report: VerifyReport) -> None:
         f"current_revision={report.current_revision}, migration_count={report.migration_count}, "
         f"table_count={report.table_count}, {report.duration_ms:.1f} ms)"
     )
+    if report.verdict is not None:
+        since = f", compatible_since={report.compatible_since}" if report.compatible_since else ""
+        command.stdout.write(f"verdict: {report.verdict}{since}")

@@ -105,7 +105,9 @@ class Readiness:
     """One readiness answer: a verdict for anyone, details for whoever turned them on.
 
     The probe answers on the service's public port, so by default its body is
-    only ``ok``, ``status`` and the ids of the failed checks. The report (or
+    only ``ok``, ``status``, the ids of the failed checks and the ``verdict``
+    (``at_head``, ``ahead_compatible``, ``ahead_incompatible``…: see
+    :mod:`dbinit.verdict`). The report (or
     the error) holds what an outsider has no use for: the database's host,
     port and name, the current and expected revisions (which release is
     deployed), messages and hints naming schemas, tables and roles. It is in
@@ -132,7 +134,13 @@ class Readiness:
 
     def body(self, *, details: bool, service: str) -> dict[str, object]:
         """The JSON body: the verdict, and with ``details`` the report or the error around it."""
-        verdict: dict[str, object] = {"ok": self.ok, "status": self.status, "failed": list(self.failed)}
+        verdict: dict[str, object] = {
+            "ok": self.ok,
+            "status": self.status,
+            "failed": list(self.failed),
+            # which code the database serves (dbinit.verdict): one word, no revision, not sensitive
+            "verdict": self.report.verdict if self.report is not None else None,
+        }
         if not details:
             return verdict
         if self.report is not None:
@@ -416,7 +424,8 @@ class DatabaseGate:
             from dbinit.database import open_probe
             from dbinit.facts import probe_options
 
-            options = probe_options(self.settings, "ready", long_lived=True)
+            heads = self._scripts.heads if self._scripts is not None else ()
+            options = probe_options(self.settings, "ready", long_lived=True, heads=heads)
             self._probe = await open_probe(self.settings.url, options)
         return self._probe
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from dbinit.database import DatabaseState
     from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
+    from dbinit.verdict import Verdict
 
 
 class Level(enum.IntEnum):
@@ -99,6 +101,15 @@ class Facts:
     settings: Settings
     scripts: MigrationScripts
     state: DatabaseState | None
+
+    @functools.cached_property
+    def verdict(self) -> Verdict | None:
+        """Which code the database still serves (:mod:`dbinit.verdict`); None without a state."""
+        from dbinit.verdict import decide
+
+        if self.state is None:
+            return None
+        return decide(self.state, self.scripts.graph, self.settings.heads)
 
 
 CheckFunction = Callable[[Facts], Iterable[CheckMessage]]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError
 
 if TYPE_CHECKING:
+    import sqlite3
     from pathlib import Path
 
     import asyncpg
@@ -28,6 +29,22 @@ if TYPE_CHECKING:
 #: A version row longer than this is cut (with "…") in ``current_revision``:
 #: no revision id is that long, and the value reaches logs and probe bodies.
 MAX_REVISION_SHOWN = 255
+#: The history table's default name (DBINIT_HISTORY_TABLE; dbinit.history owns its DDL).
+DEFAULT_HISTORY_TABLE = "dbinit_history"
+#: Where the statement's history columns start: an error positioned after it is the history
+#: table's (missing on a database migrated before dbinit kept one), not the version table's.
+HISTORY_MARK = "/* dbinit: history */"
+#: What asyncpg's ``copy_from_query`` puts before the query ("COPY (...) TO STDOUT").
+_COPY_PREFIX = len("COPY (")
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    """The latest ``applied`` history row of one of the database's current revisions."""
+
+    revision: str
+    compatible_since: str
+    phase: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +74,15 @@ class DatabaseState:
     database_exists: bool = True
     invalid_versions: tuple[object, ...] = ()
     version_table_problem: str = ""
+    #: Whether the history table exists (False: a database migrated before dbinit kept one).
+    history_table_exists: bool = False
+    #: The latest applied history row of each current revision that has one, by revision.
+    history: tuple[HistoryEntry, ...] = ()
+    #: Why the history table exists but could not be read (its rows then count as absent).
+    history_problem: str = ""
+
+    def history_of(self, revision: str) -> HistoryEntry | None:
+        return next((entry for entry in self.history if entry.revision == revision), None)
 
     @property
     def is_empty(self) -> bool:
@@ -97,6 +123,8 @@ class ProbeOptions:
     application_name: str
     #: Where the version table is, when not in ``schema`` (DBINIT_VERSION_TABLE_SCHEMA).
     version_schema: str | None = None
+    #: The history table, in the version table's schema (None: not read at all).
+    history_table: str | None = DEFAULT_HISTORY_TABLE
     #: A connection kept open for repeated checks (readiness): the statement is
     #: prepared once and then costs one Bind/Execute round trip, with no
     #: planning. A one-shot check sends it over the simple protocol instead.
@@ -158,8 +186,10 @@ def postgres_state_query(
     with_versions: bool = True,
     count_tables: bool = True,
     version_schema: str | None = None,
+    history_table: str | None = DEFAULT_HISTORY_TABLE,
+    with_history: bool = True,
 ) -> str:
-    """The single statement: server version, schema, table count, version rows.
+    """The single statement: server version, schema, table count, version rows, their history.
 
     It is sent wrapped in ``COPY (...) TO STDOUT`` over the simple query
     protocol: one message out, one answer back, no type introspection by the
@@ -182,6 +212,19 @@ def postgres_state_query(
     The tables are counted in ``schema`` and the version table is read in
     ``version_schema`` (default: ``schema``); without either, through the
     ``search_path``, as Alembic does.
+
+    The last two columns are the history table's (``history_table``, next to
+    the version table): whether it exists, and the latest ``applied`` row
+    (revision, compatible_since, phase) of each current revision, as a JSON
+    array. A database migrated before dbinit kept a history has no such table:
+    the statement then fails, and the error's position (after
+    :data:`HISTORY_MARK`: the parser reports the first missing relation, and
+    the version table comes first) says it was the history table; a second
+    statement, ``with_history=False``, reads the versions and only asks
+    whether the history table exists (``to_regclass``). Without a position
+    (a pooler that drops it), the fallback says whether the version table is
+    sound, and the second statement follows it. Every statement without
+    versions also asks only that.
     """
     schema_sql = sql_literal(schema) if schema else "current_schema()"
     where = version_schema or schema
@@ -205,13 +248,45 @@ def postgres_state_query(
          WHERE n.nspname = {schema_sql} AND c.relkind IN ('r', 'p')"""
     # -1: "there are tables", not counted
     count = f"(SELECT count(*) {tables})" if count_tables else f"(SELECT -EXISTS(SELECT 1 {tables})::int)"
-    return f"""SELECT current_setting('server_version'), {schema_sql}, {count}, {versions}"""
+    if history_table is None:
+        history = "false, NULL"
+    elif with_versions and with_history:
+        from dbinit.history import HistoryTable, latest_applied_json
+
+        latest = latest_applied_json(HistoryTable(history_table, where, "postgresql"), "v.revision")
+        history = f"""{HISTORY_MARK} true, (SELECT pg_catalog.json_agg(
+                 pg_catalog.json_build_array(v.revision, {latest}) ORDER BY v.revision)
+            FROM (SELECT DISTINCT version_num::text AS revision FROM {table}) v)"""
+    else:
+        name = (
+            f"pg_catalog.format('%I.%I', {sql_literal(where)}, {sql_literal(history_table)})"
+            if where
+            else f"pg_catalog.quote_ident({sql_literal(history_table)})"
+        )
+        history = f"pg_catalog.to_regclass({name}) IS NOT NULL, NULL"
+    return f"""SELECT current_setting('server_version'), {schema_sql}, {count}, {versions}, {history}"""
+
+
+def history_entries(document: str | None) -> tuple[HistoryEntry, ...]:
+    """The history column: a JSON array of [revision, its latest applied row or null] (NULL: no rows)."""
+    rows = json.loads(document) if document is not None else None
+    return tuple(
+        HistoryEntry(str(revision), str(row["compatible_since"]), str(row["phase"]))
+        for revision, row in rows or []
+        if row is not None
+    )
 
 
 def postgres_state(
-    version: str, schema: str, count: int, exists: bool, versions: str | None
+    version: str,
+    schema: str,
+    count: int,
+    exists: bool,
+    versions: str | None,
+    history_exists: bool = False,
+    history: str | None = None,
 ) -> DatabaseState:
-    """The state from the statement's five columns (a count of -1: tables, not counted).
+    """The state from the statement's seven columns (a count of -1: tables, not counted).
 
     ``versions`` is JSON text: with ``exists``, the array of version rows
     (NULL for none); without, what the name is instead (NULL for nothing).
@@ -235,6 +310,8 @@ def postgres_state(
         versions=texts,
         invalid_versions=others,
         version_table_problem=problem,
+        history_table_exists=history_exists,
+        history=history_entries(history),
     )
 
 
@@ -258,11 +335,28 @@ def copy_text_field(field: str) -> str | None:
 
 def parse_postgres_state(line: str) -> DatabaseState:
     """The state from the statement's ``COPY`` text output (one line)."""
-    version, schema, count, exists, versions = (
-        copy_text_field(field) for field in line.removesuffix("\n").split("\t")
-    )
+    version, schema, count, exists, versions, history_exists, history = split_copy_line(line)
     assert version is not None and schema is not None and count is not None
-    return postgres_state(version, schema, int(count), exists == "t", versions)
+    return postgres_state(
+        version, schema, int(count), exists == "t", versions, history_exists == "t", history
+    )
+
+
+def split_copy_line(line: str) -> list[str | None]:
+    """The fields of one ``COPY ... TO STDOUT`` text line, escapes undone."""
+    return [copy_text_field(field) for field in line.removesuffix("\n").split("\t")]
+
+
+def shows_version_table(versions: str | None) -> bool:
+    """Whether a fallback's version column (what the name is) shows a table Alembic can read.
+
+    Then what failed the first statement was the history table (absent, or not
+    dbinit's), not the version table: the versions are read again without it.
+    """
+    document = json.loads(versions) if versions is not None else None
+    if document is None:
+        return False
+    return document["kind"] in ("r", "p", "v", "m", "f") and "version_num" in (document["columns"] or [])
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:
@@ -282,6 +376,15 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _text_field(value: object) -> str | None:
+    """A prepared statement's column as COPY would write it: booleans as t/f, None as NULL."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+
 class PostgresProbe:
     """One asyncpg connection, read-only by session default."""
 
@@ -289,18 +392,26 @@ class PostgresProbe:
         self._connection = connection
         self._long_lived = options.long_lived
         # (count_tables, with_versions) -> statement
+        # (count_tables, with_versions, with_history) -> statement
         self._queries = {
-            (count, versions): postgres_state_query(
+            (count, versions, history): postgres_state_query(
                 options.schema,
                 options.version_table,
                 with_versions=versions,
                 count_tables=count,
                 version_schema=options.version_schema,
+                history_table=options.history_table,
+                with_history=history,
             )
             for count in (True, False)
             for versions in (True, False)
+            for history in (True, False)
         }
         self._timeout = options.query_timeout
+        self._history_table = options.history_table
+        #: Set once the history table was found missing: a kept connection then reads the
+        #: versions without it (one statement), until that statement sees the table appear.
+        self._without_history = False
 
     @classmethod
     async def connect(cls, url: DatabaseURL, options: ProbeOptions) -> PostgresProbe:
@@ -325,43 +436,76 @@ class PostgresProbe:
         return cls(connection, options)
 
     async def read_state(self, *, count_tables: bool = True) -> DatabaseState:
-        query, fallback = self._queries[count_tables, True], self._queries[count_tables, False]
+        """One statement when the version and history tables are there (the usual case).
+
+        Without a version table: two (the fallback says what the name is). Without
+        a history table (a database migrated before dbinit kept one): three, once;
+        a kept connection then reads without it in one, until it appears.
+        """
+        import asyncpg
+
+        missing = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError)
+        first = self._queries[count_tables, True, not self._without_history]
+        try:
+            try:
+                fields = await self._fetch(first)
+            except missing as exc:
+                if not self._without_history and self._history_failed(first, exc):
+                    fields = await self._fetch(self._queries[count_tables, True, False])
+                    self._without_history = self._long_lived
+                    return self._state(fields, history_readable=False)
+                fields = await self._fetch(self._queries[count_tables, False, False])
+                if not self._without_history and shows_version_table(fields[4]):
+                    try:
+                        fields = await self._fetch(self._queries[count_tables, True, False])
+                    except missing:
+                        pass  # the version table changed meanwhile: the fallback's answer stands
+                    else:
+                        self._without_history = self._long_lived
+                        return self._state(fields, history_readable=False)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._denied(exc) from None
+        except _lost_errors() as exc:
+            raise self._lost(exc) from None
+        if self._without_history and fields[5] == "t":
+            self._without_history = False  # it appeared: the next read is one statement with it
+        return self._state(fields, history_readable=True)
+
+    def _history_failed(self, query: str, exc: BaseException) -> bool:
+        """Whether the server placed the error in the history columns (see :data:`HISTORY_MARK`)."""
+        position = getattr(exc, "position", None)
+        mark = query.find(HISTORY_MARK)
+        if not position or not str(position).isdigit() or mark < 0:
+            return False
+        return int(position) - 1 - (0 if self._long_lived else _COPY_PREFIX) > mark
+
+    def _state(self, fields: list[str | None], *, history_readable: bool) -> DatabaseState:
+        version, schema, count, exists, versions, history_exists, history = fields
+        assert version is not None and schema is not None and count is not None
+        state = postgres_state(
+            version, schema, int(count), exists == "t", versions, history_exists == "t", history
+        )
+        if state.history_table_exists and not history_readable:
+            table = self._history_table or DEFAULT_HISTORY_TABLE
+            return dataclasses.replace(
+                state,
+                history_problem=f"{table!r} exists but is not dbinit's history table (its columns differ)",
+            )
+        return state
+
+    async def _fetch(self, query: str) -> list[str | None]:
+        """The statement's one row as text fields: COPY over the simple protocol, or prepared once."""
         if self._long_lived:
-            return await self._read_prepared(query, fallback)
+            row = await self._connection.fetchrow(query, timeout=self._timeout)
+            assert row is not None
+            return [_text_field(value) for value in row]
         chunks: list[bytes] = []
 
         async def sink(data: bytes) -> None:
             chunks.append(data)
 
-        import asyncpg
-
-        try:
-            try:
-                await self._connection.copy_from_query(query, output=sink, timeout=self._timeout)
-            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError):
-                chunks.clear()
-                await self._connection.copy_from_query(fallback, output=sink, timeout=self._timeout)
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise self._denied(exc) from None
-        except _lost_errors() as exc:
-            raise self._lost(exc) from None
-        return parse_postgres_state(b"".join(chunks).decode())
-
-    async def _read_prepared(self, query: str, fallback: str) -> DatabaseState:
-        import asyncpg
-
-        try:
-            try:
-                row = await self._connection.fetchrow(query, timeout=self._timeout)
-            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError):
-                row = await self._connection.fetchrow(fallback, timeout=self._timeout)
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise self._denied(exc) from None
-        except _lost_errors() as exc:
-            raise self._lost(exc) from None
-        assert row is not None
-        version, schema, count, exists, versions = row
-        return postgres_state(version, schema, int(count), bool(exists), versions)
+        await self._connection.copy_from_query(query, output=sink, timeout=self._timeout)
+        return split_copy_line(b"".join(chunks).decode())
 
     def _lost(self, exc: BaseException) -> DatabaseUnreachable:
         return DatabaseUnreachable(
@@ -491,11 +635,13 @@ class SqliteProbe:
             ) from None
         table = self._options.version_table
         try:
-            count, kind = connection.execute(
+            history_table = self._options.history_table or ""
+            count, kind, has_history = connection.execute(
                 "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' "
                 "AND name NOT LIKE 'sqlite_%'), (SELECT type FROM sqlite_master "
-                "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE)",
-                (table,),
+                "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE), "
+                "EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE)",
+                (table, history_table),
             ).fetchone()
             rows: list[object] = []
             problem = ""
@@ -509,6 +655,9 @@ class SqliteProbe:
                     info = connection.execute("SELECT name FROM pragma_table_info(?)", (table,))
                     columns = [r[0] for r in info]
                     problem = relation_problem("v" if kind == "view" else "r", columns, str(exc))
+            history, history_problem = (
+                _sqlite_history(connection, history_table, rows) if has_history and rows else ((), "")
+            )
         except sqlite3.DatabaseError as exc:
             raise DatabaseUnreachable(
                 f"cannot read SQLite database {self._url.database!r}: {exc}",
@@ -525,10 +674,33 @@ class SqliteProbe:
             tuple(sorted(v for v in rows if isinstance(v, str))),
             invalid_versions=tuple(v for v in rows if not isinstance(v, str)),
             version_table_problem=problem,
+            history_table_exists=bool(has_history),
+            history=history,
+            history_problem=history_problem,
         )
 
     async def close(self) -> None:
         return None
+
+
+def _sqlite_history(
+    connection: sqlite3.Connection, table: str, versions: list[object]
+) -> tuple[tuple[HistoryEntry, ...], str]:
+    """The latest applied history row of each current revision, or why the table cannot be read."""
+    import sqlite3
+
+    from dbinit.history import HistoryTable, latest_applied_sql
+
+    wanted = sorted({v for v in versions if isinstance(v, str)})
+    query = latest_applied_sql(HistoryTable(table, None, "sqlite"), wanted)
+    try:
+        rows = connection.execute(query).fetchall()
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorname != "SQLITE_ERROR":  # busy, locked, I/O: not the table's fault
+            raise
+        return (), f"{table!r} exists but is not dbinit's history table ({exc})"
+    latest = {str(r[0]): HistoryEntry(str(r[0]), str(r[1]), str(r[2])) for r in rows}  # the last id wins
+    return tuple(latest[k] for k in sorted(latest)), ""
 
 
 def _sqlite_snapshot(path: Path) -> tuple[object, ...]:

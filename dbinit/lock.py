@@ -179,6 +179,11 @@ class HeldLock:
         async with self._busy:
             return await self.connection.fetchrow(query, *args, timeout=CONFIRM_TIMEOUT)
 
+    async def fetch(self, query: str, *args: object) -> list[Any]:
+        """One read of several rows on the lock's session, in turn with the heartbeat (bounded)."""
+        async with self._busy:
+            return list(await self.connection.fetch(query, *args, timeout=CONFIRM_TIMEOUT))
+
     async def unlock(self) -> bool:
         """``pg_advisory_unlock`` on the lock's session (False: it did not hold it); bounded."""
         async with self._busy:

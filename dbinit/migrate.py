@@ -19,6 +19,7 @@ from dbinit.errors import (
     Refused,
 )
 from dbinit.facts import read_scripts, read_state
+from dbinit.guard import guard_contracts
 from dbinit.identity import IDENTITY_COLUMNS, DatabaseIdentity, PostgresIdentity, SqliteIdentity
 from dbinit.interrupts import RunControl
 from dbinit.lock import HeldLock, end_sessions, migration_lock
@@ -171,6 +172,9 @@ async def _migrate(
         ahead = [v for v in state.versions if v not in scripts.graph]
         if ahead and not strategy.destructive:
             return await _ahead_of_image(settings, registry, log, scripts, strategy, ahead, started)
+        if not strategy.destructive:
+            pending = scripts.graph.pending(state.versions)
+            await guard_contracts(settings, scripts, pending, log, held, control)
         context = StrategyContext(
             settings=settings, scripts=scripts, state=state, log=log, control=control, registry=registry,
             identity=identity,
@@ -271,16 +275,19 @@ async def _ahead_of_image(
     """The database is at a revision this image does not have: a newer release migrated it.
 
     No migration can make it older. With ``DBINIT_ALLOW_AHEAD=true`` the job
-    has nothing to do (exit 0, ``up_to_date``); otherwise it is a final error
-    (exit 2), so that a Job's ``podFailurePolicy`` does not retry it.
+    has nothing to do (exit 0, ``up_to_date``); with ``compatible``, only when
+    the verdict is ``ahead_compatible`` (the newer release's history says this
+    release's code still works on it); otherwise it is a final error (exit 2),
+    so that a Job's ``podFailurePolicy`` does not retry it.
     """
-    if not settings.allow_ahead:
+    if settings.allow_ahead == "false":
         raise ConfigurationError(
             f"the database is at revision {', '.join(map(_shown, ahead))}, which this release's "
             f"migrations do not contain (heads: {', '.join(scripts.heads) or 'none'}): a newer "
             "release migrated it, or the version table is wrong",
             hint="Nothing for this job to do: deploy the newer release. With backward-compatible "
-            "migrations set DBINIT_ALLOW_AHEAD=true to let an older job finish as up to date.",
+            "migrations set DBINIT_ALLOW_AHEAD=compatible (or true) to let an older job finish as up to "
+            "date.",
         )
     report = await verify(settings, registry, log, scripts=scripts)
     if not report.ok:

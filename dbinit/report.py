@@ -31,6 +31,10 @@ class VerifyReport:
     #: False when no selected check needs the database (``check --tag migrations``):
     #: nothing was read from it, so the report does not say it was verified.
     database_read: bool = True
+    #: Which code the database still serves (dbinit.verdict); None when it was not read.
+    verdict: str | None = None
+    #: For a database ahead of the image: the oldest revision whose code works on it (from its history).
+    compatible_since: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +82,8 @@ class VerifyReport:
             "head_revisions": list(self.head_revisions),
             "migrations_source": self.migrations_source,
             "database_read": self.database_read,
+            "verdict": self.verdict,
+            "compatible_since": self.compatible_since,
             "duration_ms": round(self.duration_ms, 2),
             "checks": [o.as_dict() for o in self.outcomes],
         }

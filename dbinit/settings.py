@@ -48,6 +48,13 @@ ENVIRONMENTS: tuple[Environment, ...] = ("development", "test", "staging", "prod
 #: The process environment variable naming the ``.env`` file (empty: none).
 ENV_FILE_VARIABLE = "DBINIT_ENV_FILE"
 CommaList = Annotated[tuple[str, ...], NoDecode]
+#: DBINIT_ALLOW_AHEAD's values (see dbinit.verdict).
+AllowAhead = Literal["false", "compatible", "true"]
+#: The words pydantic reads as booleans, for DBINIT_ALLOW_AHEAD (which also takes "compatible").
+_BOOLEAN_WORDS = {
+    **dict.fromkeys(("1", "true", "t", "yes", "y", "on"), "true"),
+    **dict.fromkeys(("0", "false", "f", "no", "n", "off"), "false"),
+}
 
 #: The longest timeout PostgreSQL accepts (``statement_timeout`` is an int of
 #: milliseconds): every timeout is held to it, so none is accepted here and
@@ -144,7 +151,13 @@ class Settings(BaseSettings):
     #: The table ``migrate`` records each revision's run in (in the version table's schema).
     history_table: Name = "dbinit_history"
     heads: CommaList = ()
-    allow_ahead: bool = False
+    #: A database ahead of the image (a newer release migrated it): "false" fails it (E004),
+    #: "compatible" accepts it only when its history says this image's code still works on it,
+    #: "true" accepts any newer revision (dbinit.W004). Booleans are read as "true"/"false".
+    allow_ahead: AllowAhead = "false"
+    #: Seconds ``migrate`` waits, before a contract revision, for the sessions of older
+    #: images that revision breaks to go away (0: look once); then it refuses (exit 7).
+    contract_wait: float = Field(0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     silenced_checks: CommaList = ()
     plugins: CommaList = ()
 
@@ -171,6 +184,18 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allow_ahead", mode="before")
+    @classmethod
+    def _ahead_policy(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int) and value in (0, 1):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return _BOOLEAN_WORDS.get(text, text)
         return value
 
     @field_validator("environment_name", "log_format", "log_level", mode="before")

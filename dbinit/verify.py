@@ -104,15 +104,18 @@ async def _verify(
         if probe is not None:
             state = await probe.read_state(count_tables=not quiet)
         else:
-            state = await read_state(settings, budget=budget)
-        if not quiet:
-            log.info(
-                "Database state checked",
-                table_count=state.table_count,
-                version_table=state.version_table_exists,
-                current_revision=state.current_revision,
-            )
+            state = await read_state(settings, budget=budget, heads=scripts.heads)
     facts = Facts(settings=settings, scripts=scripts, state=state)
+    if state is not None and not quiet:
+        assert facts.verdict is not None
+        log.info(
+            "Database state checked",
+            table_count=state.table_count,
+            version_table=state.version_table_exists,
+            current_revision=state.current_revision,
+            verdict=facts.verdict.name,
+            compatible_since=facts.verdict.compatible_since,
+        )
     try:
         outcomes = run_checks(selected, facts, fail_level=fail_level, silenced=settings.silenced_checks)
     except PluginError:
@@ -135,6 +138,8 @@ async def _verify(
         duration_ms=(time.perf_counter() - started) * 1000,
         migrations_source=scripts.source,
         database_read=reads_database,
+        verdict=facts.verdict.name if facts.verdict is not None else None,
+        compatible_since=facts.verdict.compatible_since if facts.verdict is not None else None,
     )
     if not quiet:
         _log_outcome(log, report, ran)

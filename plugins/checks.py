@@ -14,10 +14,15 @@ dbinit.E006  single_head                 the migrations have several heads (or n
 
 A database *ahead* of the image (a revision this image does not know, as
 during a rolling deploy after the new release's job ran) fails E004 by
-default: the old code may not work on the new schema. Teams whose migrations
-are backward compatible (expand/contract) set ``DBINIT_ALLOW_AHEAD=true``;
-E004 then reports it as a warning (``dbinit.W004``) and E005 passes with a
-note that the head comparison does not apply.
+default: the old code may not work on the new schema. With
+``DBINIT_ALLOW_AHEAD=compatible`` E004 reads the verdict (:mod:`dbinit.verdict`,
+from the history row ``migrate`` wrote for that revision): ``ahead_compatible``
+(an expand: the revision's ``compatible_since`` is in this image's graph) is a
+warning (``dbinit.W004``); ``ahead_incompatible`` (a contract this code cannot
+serve) and ``ahead_unknown`` (no history row) fail E004, naming the revision
+and what it needs. ``DBINIT_ALLOW_AHEAD=true`` accepts any newer revision as
+W004. When E004 accepts, E005 passes with a note that the head comparison does
+not apply.
 
 The version table is read as Alembic reads it, and E004 fails on every row
 Alembic cannot start an upgrade from, whatever ``DBINIT_ALLOW_AHEAD`` says:
@@ -47,6 +52,9 @@ from typing import TYPE_CHECKING
 
 from dbinit import hookimpl
 from dbinit.checks import Check, CheckMessage, Error, Facts, Info, Warning, check, quoted
+from dbinit.verdict import judge_ahead
+from dbinit.verdict import revision_fault as _revision_fault
+from dbinit.verdict import shaped_like_the_project as _shaped_like_the_project
 
 if TYPE_CHECKING:
     from dbinit.revisions.graph import RevisionGraph
@@ -71,10 +79,6 @@ VERSION_OBJECT_HINT = (
     "Alembic cannot use it as its version table (`alembic upgrade` fails on it). Rename or drop "
     "that object, or set DBINIT_VERSION_TABLE (and version_table in env.py) to the real one."
 )
-#: Characters Alembic refuses in a revision id (alembic.script.revision).
-_ILLEGAL_REVISION_CHARS = frozenset("@-+:")
-#: Alembic's version_num column is VARCHAR(32) unless a project widens it.
-_DEFAULT_REVISION_LENGTH = 32
 
 
 def _state(facts: Facts):  # type: ignore[no-untyped-def]
@@ -213,13 +217,18 @@ def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
             + " from the version table.",
             id="dbinit.E004",
         )
-    if ahead and facts.settings.allow_ahead:
+    policy = facts.settings.allow_ahead
+    if ahead and policy == "true":
         yield Warning(
             f"Current revision {', '.join(ahead)} is not in this image's migrations; "
             "accepted as a database ahead of the image (DBINIT_ALLOW_AHEAD=true)",
             hint="Expected while a newer release rolls out; otherwise deploy the newer image.",
             id="dbinit.W004",
         )
+    elif ahead and policy == "compatible":
+        message = _compatibility(facts, ahead)
+        failed = failed or message.is_serious()
+        yield message
     elif ahead:
         failed = True
         yield Error(
@@ -227,12 +236,57 @@ def current_revision_known(facts: Facts) -> Iterator[CheckMessage]:
             f"(heads: {', '.join(graph.heads) or 'none'})",
             hint="The database was migrated by a newer or different image. Deploy the image "
             "whose migrations contain that revision; during a rolling deploy with backward-"
-            "compatible migrations set DBINIT_ALLOW_AHEAD=true. If the value is garbage, "
+            "compatible migrations set DBINIT_ALLOW_AHEAD=compatible (or true). If the value is garbage, "
             "fix the version table (alembic stamp).",
             id="dbinit.E004",
         )
     if not failed and not ahead:
         yield Info(f"Current revision {state.current_revision} is known", id="dbinit.E004")
+
+
+def _compatibility(facts: Facts, ahead: list[str]) -> CheckMessage:
+    """DBINIT_ALLOW_AHEAD=compatible: accept newer revisions only if their history says this code works."""
+    graph = facts.scripts.graph
+    heads = ", ".join(graph.heads) or "none"
+    state = _state(facts)
+    judged = {v: judge_ahead(state, graph, v) for v in ahead}
+    broken = [judged[v] for v in ahead if judged[v].verdict == "ahead_incompatible"]
+    unknown = [v for v in ahead if judged[v].verdict != "ahead_compatible"]
+    if broken:
+        shown = "; ".join(
+            f"{a.revision} ({a.phase or 'contract'}) needs the code of {a.compatible_since} or later"
+            for a in broken
+        )
+        return Error(
+            f"Database is ahead of this image and incompatible with it: {shown}, which this image "
+            f"(heads: {heads}) does not have (ahead_incompatible, DBINIT_ALLOW_AHEAD=compatible)",
+            hint="A newer release applied a contract revision that this code cannot serve: deploy that "
+            "release (its pods are Ready); these replicas stay NotReady until they are replaced.",
+            id="dbinit.E004",
+        )
+    if unknown:
+        why = (
+            f"the history table {state.history_problem}" if state.history_problem
+            else "the history table has no applied row for it" if state.history_table_exists
+            else "the database has no history table (migrated before dbinit kept one)"
+        )
+        return Error(
+            f"Current revision {', '.join(unknown)} is not in this image's migrations (heads: {heads}) and "
+            f"{why}: whether this code works on it is unknown (ahead_unknown, DBINIT_ALLOW_AHEAD=compatible)",
+            hint="Deploy the image whose migrations contain it. If you know its migrations are backward "
+            "compatible, set DBINIT_ALLOW_AHEAD=true for this rollout; the next `dbinit migrate` of a "
+            "release that has it records its history.",
+            id="dbinit.E004",
+        )
+    since = ", ".join(sorted({str(judged[v].compatible_since) for v in ahead}))
+    return Warning(
+        f"Current revision {', '.join(ahead)} is not in this image's migrations; accepted as compatible: "
+        f"its history says code from {since} on works with it, and this image has {since} "
+        "(ahead_compatible, DBINIT_ALLOW_AHEAD=compatible)",
+        hint="Expected while a newer release rolls out (an expand revision); otherwise deploy the newer "
+        "image.",
+        id="dbinit.W004",
+    )
 
 
 def _rows(count: int) -> str:
@@ -253,50 +307,6 @@ def _not_text(value: object) -> str:
         type(value), "BLOB" if isinstance(value, bytes) else type(value).__name__
     )
     return f"a {kind}, not a string: the version_num column has the wrong type"
-
-
-def _revision_fault(value: str, graph: RevisionGraph) -> str | None:
-    """Why a value unknown to ``graph`` cannot be a revision id at all (None: it could be)."""
-    if not value:
-        return "empty"
-    if value != value.strip():
-        return "leading or trailing whitespace"
-    if any(c.isspace() for c in value):
-        return "whitespace inside: Alembic stores one revision per row"
-    if not value.isprintable():
-        return "control characters"
-    illegal = sorted(set(value) & _ILLEGAL_REVISION_CHARS)
-    if illegal:
-        return f"{' '.join(illegal)}, which Alembic does not allow in a revision id"
-    longest = max(map(len, graph.revisions), default=0)
-    if len(value) > max(_DEFAULT_REVISION_LENGTH, longest):
-        return f"{len(value)} characters, longer than any revision id"
-    full = next((r for r in graph.revisions if r.startswith(value)), None)
-    if full is not None:
-        return f"an abbreviation of {full}; Alembic writes full ids"
-    return None
-
-
-def _character_kind(char: str) -> str:
-    if char in "0123456789abcdef":
-        return "hex"
-    if "a" <= char <= "z":
-        return "lower"
-    if "A" <= char <= "Z":
-        return "upper"
-    return char
-
-
-def _shaped_like_the_project(value: str, graph: RevisionGraph) -> bool:
-    """Whether ``value`` uses only kinds of characters this project's revision ids use.
-
-    Alembic generates 12 hex digits, so hex is always allowed; a project
-    with its own ids (``0001_init``) allows what those use.
-    """
-    kinds = {"hex"}
-    for revision in graph.revisions:
-        kinds.update(map(_character_kind, revision))
-    return all(_character_kind(c) in kinds for c in value)
 
 
 def _overlapping(versions: tuple[str, ...], graph: RevisionGraph) -> list[tuple[str, str]]:

@@ -104,7 +104,7 @@ def verification_statement(settings: Settings, operation: str) -> str | None:
     options = probe_options(settings, operation)
     return postgres_state_query(
         options.schema, options.version_table, count_tables=operation != "readiness",
-        version_schema=options.version_schema,
+        version_schema=options.version_schema, history_table=options.history_table,
     )
 
 

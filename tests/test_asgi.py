@@ -122,7 +122,8 @@ def test_wrapper_success_composes_with_inner_lifespan_and_probes(
         while not sent:
             await asyncio.sleep(0.01)
         assert await http_get(app, "/") == (200, {"app": True})
-        assert await http_get(app, "/readyz") == (200, {"ok": True, "status": "ready", "failed": []})
+        assert await http_get(app, "/readyz") == (200, {"ok": True, "status": "ready", "failed": [],
+                "verdict": "at_head"})
         assert await http_get(app, "/livez") == (200, {"status": "alive", "service": "orders"})
         await inbox.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(task, 10)
@@ -237,7 +238,8 @@ def test_readiness_is_cached_one_round_trip_per_period(project: Path, pg_databas
             )
             clock.now += 5.1
             status, body = await http_get(app, "/readyz")
-            assert (status, body) == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
+            assert (status, body) == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"],
+                    "verdict": "ahead_unknown"})
             await gate.shutdown()
             return counts
 
@@ -295,9 +297,10 @@ def test_readiness_shows_the_database_only_with_details(project: Path, pg_databa
 
         ready, not_ready, unreachable = asyncio.run(scenario())
 
-    assert ready[False] == (200, {"ok": True, "status": "ready", "failed": []})
-    assert not_ready[False] == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
-    assert unreachable[False] == (503, {"ok": False, "status": "unreachable", "failed": []})
+    assert ready[False] == (200, {"ok": True, "status": "ready", "failed": [], "verdict": "at_head"})
+    assert not_ready[False] == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"],
+            "verdict": "ahead_unknown"})
+    assert unreachable[False] == (503, {"ok": False, "status": "unreachable", "failed": [], "verdict": None})
     for _, body in (ready[False], not_ready[False], unreachable[False]):
         text = json.dumps(body)
         for secret in ("localhost", "127.0.0.1", str(proxy.port), database, user, "revision"):

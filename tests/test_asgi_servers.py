@@ -107,12 +107,14 @@ def test_server_serves_then_readiness_follows_the_database(
     try:
         assert wait_until(lambda: serving(port) or process.poll() is not None), "server did not start"
         assert process.poll() is None
-        assert get(port, "/readyz") == (200, {"ok": True, "status": "ready", "failed": []})
+        assert get(port, "/readyz") == (200, {"ok": True, "status": "ready", "failed": [],
+                "verdict": "at_head"})
         assert get(port, "/")[1] == {"service": "orders", "revision": "8d3f6b2a9c11"}
         # another release's job moves the database to a revision this image does not know
         database.sql("UPDATE alembic_version SET version_num = 'ffffffffffff'")
         assert wait_until(lambda: get(port, "/readyz")[0] == 503, timeout=10)
-        assert get(port, "/readyz") == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
+        assert get(port, "/readyz") == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"],
+                "verdict": "ahead_unknown"})
         assert get(port, "/livez")[0] == 200  # liveness never depends on the database
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
@@ -152,8 +154,9 @@ def test_readiness_body_names_the_database_only_with_details(
         process.kill()
     assert alive == (200, {"status": "alive", "service": "orders"})
     if not details:
-        assert ready == (200, {"ok": True, "status": "ready", "failed": []})
-        assert not_ready == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"]})
+        assert ready == (200, {"ok": True, "status": "ready", "failed": [], "verdict": "at_head"})
+        assert not_ready == (503, {"ok": False, "status": "not_ready", "failed": ["dbinit.E004"],
+                "verdict": "ahead_unknown"})
         for part in address:
             assert part and part not in json.dumps([ready, not_ready, alive]), part
         return

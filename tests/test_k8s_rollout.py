@@ -15,6 +15,7 @@ docstring; what only a real cluster proves is in k8s/README.md.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import sys
@@ -29,6 +30,7 @@ import pytest
 
 from dbinit.errors import ExitCode
 from tests import test_k8s_manifests as manifests
+from tests import test_verdicts as verdicts
 from tests.plugins.databases import TestDatabase, run_dbinit
 from tests.plugins.kubelet import (
     Cluster,
@@ -369,6 +371,47 @@ def test_old_replicas_keep_serving_after_the_next_release_migrates(
             f"last probes: {[pod.last_probe for pod in service.pods]}"
         )
         time.sleep(0.2)
+    # the old replicas say why (DBINIT_ALLOW_AHEAD=compatible): the new revision is an expand
+    port = container_port(old_docs)
+    for pod in service.pods:
+        status, body = http_get(pod.url("/readyz", port))
+        assert (status, json.loads(body)["verdict"]) == (200, "ahead_compatible"), body
+
+
+def test_a_contract_release_over_serving_old_replicas_is_refused_and_nothing_applied(
+    tools: manifests.Tools, pg_database: TestDatabase, tmp_path: Path, project: Path, simulate: Any
+) -> None:
+    """Release N drops a column release N-1's replicas read: its Job refuses (exit 7, FailJob at once)."""
+    old_docs = render(tools, tmp_path, pg_database.url, release="1-4-1")
+    old = simulate(old_docs)
+    old.apply()
+    (old_job,) = old.jobs.values()
+    (service,) = old.deployments.values()
+    old.wait_until(
+        lambda: old_job.condition and service.ready_replicas == service.replicas,
+        DEADLINE, "release N-1 to be serving",
+    )  # fmt: skip
+    assert pg_database.versions() == {HEAD}
+
+    new = simulate(render(tools, tmp_path, pg_database.url, release="1-5-0"),
+                   app=verdicts.release(project, tmp_path, "release-n"))  # fmt: skip
+    new.apply(kinds={"Job"})
+    (new_job,) = new.jobs.values()
+    new.wait_until(lambda: new_job.condition, DEADLINE, "release N's Job")
+    assert (new_job.condition, new_job.reason) == ("Failed", "PodFailurePolicy"), new.describe()
+    assert len(new_job.pods) == 1, "a refusal burns no retry"
+    migrate = new_job.pods[0].run_of("migrate")
+    assert migrate.exit_code == ExitCode.REFUSED, migrate.log
+    assert f"contract revision {verdicts.CONTRACT}" in migrate.log
+    for pod in service.pods:
+        # names every old replica (a long pod name keeps its end: the session name has 63 bytes)
+        assert f"{pod.name[-12:]} (heads {HEAD}" in migrate.log
+    assert applied(migrate.log) == 0
+    assert pg_database.versions() == {HEAD}, "nothing applied, not even the expand before it"
+    port = container_port(old_docs)
+    for pod in service.pods:
+        status, body = http_get(pod.url("/readyz", port))
+        assert (status, json.loads(body)["verdict"]) == (200, "at_head"), body
 
 
 # -- the kubelet's rules, checked on their own ---------------------------------------------

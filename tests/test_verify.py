@@ -42,7 +42,7 @@ def test_migrate_then_verify(project: Path, database: TestDatabase) -> None:
     assert report["message"] == "Database verified successfully - ready for service"
     assert report["current_revision"] == HEAD
     assert report["migration_count"] == 3
-    assert report["table_count"] == 5
+    assert report["table_count"] == 6  # the example's tables, alembic_version, dbinit_history
     assert report["service"] == "orders"
     assert report["head_revisions"] == [HEAD]
     assert all(c["ok"] for c in report["checks"])
@@ -71,7 +71,7 @@ def test_seed_log_lines(project: Path, database: TestDatabase) -> None:
     success = events[2]
     assert success["migration_count"] == 3
     assert success["current_revision"] == HEAD
-    assert success["table_count"] == 5
+    assert success["table_count"] == 6  # dbinit_history included
     assert all(e["service"] == "orders" for e in events)
     assert "duration_ms" in events[3]
 
