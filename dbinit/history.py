@@ -406,6 +406,20 @@ def record_now(settings: Settings, rows: Sequence[HistoryRow]) -> None:
     """
     if not rows:
         return
+    _write(settings, rows)
+
+
+def ensure_table(settings: Settings) -> None:
+    """Create the history table if missing, on a short connection of dbinit's own.
+
+    For a database migrated before dbinit kept a history and already at head:
+    its verifications then read the history in their one statement. Raises
+    :class:`HistoryUnavailable` (the caller logs it).
+    """
+    _write(settings, ())
+
+
+def _write(settings: Settings, rows: Sequence[HistoryRow]) -> None:
     table = HistoryTable.of(settings)
     if table.backend == "sqlite":
         _record_sqlite(settings, table, rows)
@@ -426,7 +440,8 @@ def _record_sqlite(settings: Settings, table: HistoryTable, rows: Sequence[Histo
     try:
         connection.execute("BEGIN IMMEDIATE")
         connection.execute(table.create_sql())
-        connection.executemany(table.insert_sql("named"), [row.values("sqlite") for row in rows])
+        if rows:
+            connection.executemany(table.insert_sql("named"), [row.values("sqlite") for row in rows])
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         raise HistoryUnavailable(f"{type(exc).__name__}: {exc}") from None
@@ -449,6 +464,8 @@ def _record_postgres(settings: Settings, table: HistoryTable, rows: Sequence[His
         try:
             async with connection.transaction():
                 await connection.execute(table.create_sql(), timeout=settings.verify_timeout)
+                if not rows:
+                    return
                 await connection.executemany(
                     table.insert_sql("numeric"),
                     [tuple(row.values("postgresql").values()) for row in rows],

@@ -185,6 +185,8 @@ async def _migrate(
             applied = tuple(await asyncio.shield(worker))
         finally:
             canceller.cancel()
+        if not applied and not state.history_table_exists:
+            await _create_history_table(settings, log)
         report = await verify(settings, registry, log, scripts=scripts)
         if not report.ok:
             raise MigrationFailed(
@@ -211,6 +213,24 @@ async def _migrate(
             duration_ms=round(result.duration_ms, 2),
         )
     return result
+
+
+async def _create_history_table(settings: Settings, log: FilteringBoundLogger) -> None:
+    """A database migrated before dbinit kept a history, already up to date: create the table now.
+
+    (A revision applied creates it in its own transaction.) Its verifications then read the
+    history in their one statement. A table that cannot be created is a warning: the run's
+    outcome is the migration's.
+    """
+    from dbinit.history import HistoryTable, HistoryUnavailable, ensure_table
+
+    try:
+        await asyncio.to_thread(ensure_table, settings)
+    except HistoryUnavailable as exc:
+        log.warning("Cannot create the history table", table=HistoryTable.of(settings).shown,
+                    reason=exc.args[0] if exc.args else "")
+        return
+    log.info("History table created", table=HistoryTable.of(settings).shown)
 
 
 #: How many sessions ``migrate`` has open at once: the lock's, and one for

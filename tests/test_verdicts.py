@@ -145,6 +145,14 @@ def test_no_history_row_is_ahead_unknown(
         with pg_proxy(url) as proxy:
             run_dbinit("verify", cwd=n_minus_1, DATABASE_URL=proxy.url_for(url))
         assert proxy.statements == 2, proxy.messages  # a legacy database: one more statement
+        # the next Job, with nothing to apply, creates the table: back to one statement
+        up_to_date = run_dbinit("migrate", cwd=expand_only, DATABASE_URL=url)
+        assert up_to_date.returncode == 0, up_to_date.output
+        assert "History table created" in up_to_date.stderr
+        assert pg_database.sql("SELECT count(*) FROM dbinit_history") == [(0,)]
+        with pg_proxy(url) as proxy:
+            run_dbinit("verify", cwd=n_minus_1, DATABASE_URL=proxy.url_for(url))
+        assert proxy.statements == 1, proxy.messages
 
 
 def test_a_revision_nobody_wrote_is_unknown_revision(n_minus_1: Path, pg_database: TestDatabase) -> None:
