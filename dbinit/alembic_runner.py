@@ -412,7 +412,7 @@ def environment_context(
     fn: Callable[[Any, Any], Any],
     *,
     as_sql: bool,
-    starting_rev: str | None,
+    starting_rev: str | Sequence[str] | None,
     adjust: Callable[[dict[str, Any]], None] | None = None,
     expected: DatabaseIdentity | None = None,
     on_failure: Callable[[BaseException], None] | None = None,

@@ -59,7 +59,7 @@ def test_verify_imports_neither_sqlalchemy_nor_alembic_nor_migrations(
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 0
     modules = result["modules"]
-    heavy = ("sqlalchemy", "alembic", "mako", "aiosqlite", "opentelemetry")
+    heavy = ("sqlalchemy", "alembic", "mako", "aiosqlite", "opentelemetry", "pglast")
     forbidden = [m for m in modules if m.split(".")[0] in heavy]
     assert forbidden == []  # opentelemetry: only with the tracing plugin enabled
     # nor the bridge that routes Alembic's stdlib logging into dbinit's lines

@@ -1,0 +1,157 @@
+"""`dbinit lint`'s foundation: each revision's offline SQL, parsed by PostgreSQL's parser, classified.
+
+Revisions in the example project, each doing one thing a reviewer worries
+about; what `dbinit lint --format json` says of each statement (lock, rewrite,
+scan, phase), with no database reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.plugins.databases import add_revision, clean_env, run_dbinit
+
+HEAD = "8d3f6b2a9c11"  # the example's head
+UNREACHABLE = "postgresql://u@127.0.0.1:1/x"  # lint renders offline: nothing listens here
+
+REVISIONS = [
+    ("a1", 'op.create_index("ix_orders_created_at", "orders", ["created_at"])'),
+    ("a2", 'op.add_column("orders", sa.Column("note", sa.Text(), nullable=True))'),
+    ("a3", 'op.drop_column("orders", "note")'),
+    ("a4", 'op.alter_column("orders", "status", type_=sa.Text(), existing_type=sa.String(20))'),
+    (
+        "a5",
+        "op.execute(\"UPDATE orders SET status = 'placed' WHERE status IS NULL; "
+        'ALTER TABLE orders ALTER COLUMN status SET NOT NULL")',
+    ),
+    (
+        "a6",
+        "with op.get_context().autocommit_block():\n"
+        '    op.create_index("ix_orders_customer", "orders", ["customer_id"], postgresql_concurrently=True)',
+    ),
+]
+
+
+def lint_json(project: Path, *args: str, url: str = UNREACHABLE) -> dict[str, Any]:
+    result = run_dbinit("lint", "--format", "json", *args, cwd=project, DATABASE_URL=url)
+    assert result.returncode == 0, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def facts(statement: dict[str, Any]) -> tuple[object, ...]:
+    return (
+        statement["position"],
+        statement["kind"],
+        statement["tables"],
+        statement["lock"],
+        statement["rewrites"],
+        statement["scans"],
+        statement["phase"],
+    )
+
+
+@pytest.fixture
+def linted(project: Path) -> dict[str, Any]:
+    down = HEAD
+    for rev, body in REVISIONS:
+        add_revision(project, rev, down, body)
+        down = rev
+    return lint_json(project, "--from", HEAD)
+
+
+def test_each_statement_has_its_lock_rewrite_scan_and_phase(linted: dict[str, Any]) -> None:
+    assert linted["dialect"] == "postgresql"
+    by_revision = {r["revision"]: [facts(s) for s in r["statements"]] for r in linted["revisions"]}
+    assert list(by_revision) == [rev for rev, _ in REVISIONS]
+    assert by_revision == {
+        "a1": [(1, "CREATE INDEX", ["orders"], "SHARE", False, True, "expand")],
+        "a2": [(1, "ALTER TABLE", ["orders"], "ACCESS EXCLUSIVE", False, False, "expand")],
+        "a3": [(1, "ALTER TABLE", ["orders"], "ACCESS EXCLUSIVE", False, False, "contract")],
+        "a4": [(1, "ALTER TABLE", ["orders"], "ACCESS EXCLUSIVE", True, True, "contract")],
+        "a5": [
+            (1, "UPDATE", ["orders"], "ROW EXCLUSIVE", False, False, "expand"),
+            (2, "ALTER TABLE", ["orders"], "ACCESS EXCLUSIVE", False, True, "contract"),
+        ],
+        "a6": [(1, "CREATE INDEX", ["orders"], "SHARE UPDATE EXCLUSIVE", False, True, "expand")],
+    }
+
+
+def test_statements_carry_their_sql_and_transaction(linted: dict[str, Any]) -> None:
+    statements = {r["revision"]: r["statements"] for r in linted["revisions"]}
+    assert statements["a1"][0]["sql"] == "CREATE INDEX ix_orders_created_at ON orders (created_at)"
+    assert statements["a1"][0]["in_transaction"] is True
+    assert statements["a5"][1]["sql"] == "ALTER TABLE orders ALTER COLUMN status SET NOT NULL"
+    concurrent = statements["a6"][0]
+    assert concurrent["sql"] == "CREATE INDEX CONCURRENTLY ix_orders_customer ON orders (customer_id)"
+    assert (concurrent["concurrently"], concurrent["in_transaction"]) == (True, False)
+    assert statements["a3"][0]["reasons"] == ["DROP COLUMN note: the previous release still reads it"]
+    # the version table's bookkeeping (UPDATE alembic_version ...) is not the revision's
+    assert all("alembic_version" not in s["sql"] for r in linted["revisions"] for s in r["statements"])
+    files = {r["revision"]: Path(r["file"]).name for r in linted["revisions"]}
+    assert files["a1"] == "a1_revision.py"
+
+
+def test_text_output_lists_each_statement_with_its_facts(project: Path) -> None:
+    add_revision(project, "b1", HEAD, REVISIONS[0][1])
+    result = run_dbinit("lint", "--from", HEAD, cwd=project, DATABASE_URL=UNREACHABLE)
+    assert result.returncode == 0, result.output
+    assert "orders: 1 revision(s), postgresql SQL" in result.stdout
+    assert "    1. CREATE INDEX ix_orders_created_at ON orders (created_at)" in result.stdout
+    assert "lock SHARE; scans; expand; on orders" in result.stdout
+
+
+def test_root_and_merge_render_only_their_own_statements(project: Path) -> None:
+    add_revision(project, "c1", HEAD, 'op.add_column("orders", sa.Column("x", sa.Integer()))')
+    add_revision(project, "c2", HEAD, 'op.add_column("products", sa.Column("y", sa.Integer()))')
+    merge = add_revision(project, "c3", "c1", 'op.drop_column("orders", "x")')
+    text = merge.read_text().replace("None] = 'c1'", "None] = ('c1', 'c2')")
+    merge.write_text(text)
+    document = lint_json(project)
+    sql = {r["revision"]: [s["sql"] for s in r["statements"]] for r in document["revisions"]}
+    assert sql["374752db316e"][0].startswith("CREATE TABLE products")  # the root
+    assert len(sql["374752db316e"]) == 1
+    assert sql["c1"] == ["ALTER TABLE orders ADD COLUMN x INTEGER"]
+    assert sql["c2"] == ["ALTER TABLE products ADD COLUMN y INTEGER"]
+    assert sql["c3"] == ["ALTER TABLE orders DROP COLUMN x"]
+
+
+def test_a_sqlite_project_gets_sqlite_sql(project: Path, tmp_path: Path) -> None:
+    add_revision(project, "d1", HEAD, REVISIONS[1][1])
+    document = lint_json(project, "--from", HEAD, url=f"sqlite:///{tmp_path / 'never.db'}")
+    assert document["dialect"] == "sqlite"
+    [statement] = document["revisions"][0]["statements"]
+    assert statement["sql"] == "ALTER TABLE orders ADD COLUMN note TEXT"
+    assert statement["in_transaction"] is False  # SQLite: Alembic assumes non-transactional DDL
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_an_unknown_from_revision_is_a_configuration_error(project: Path) -> None:
+    result = run_dbinit("lint", "--from", "nope", cwd=project, DATABASE_URL=UNREACHABLE)
+    assert result.returncode == 2, result.output
+    assert "--from nope: no such revision" in result.output
+
+
+def test_without_pglast_lint_says_how_to_install_it(project: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['pglast'] = None  # as if the lint extra were not installed\n"
+        "from dbinit.management import ManagementUtility\n"
+        "sys.exit(ManagementUtility(['dbinit', 'lint']).execute())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=clean_env(DATABASE_URL=UNREACHABLE),
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "pip install 'dbinit-alembic[lint]'" in proc.stderr
