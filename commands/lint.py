@@ -37,7 +37,11 @@ def _revision_lines(linted: LintedRevision) -> list[str]:
     header = f"{linted.revision}  {linted.file or ''}  ({linted.phase.phase}, {linted.phase.source})"
     if not linted.statements:
         return [header, "  (no statements)"]
-    return [header, *(_statement_line(statement) for statement in linted.statements)]
+    return [
+        header,
+        *(_statement_line(statement) for statement in linted.statements),
+        *(finding.line() for finding in linted.findings),
+    ]
 
 
 class Command(BaseCommand):
@@ -82,4 +86,5 @@ class Command(BaseCommand):
         for linted in report.revisions:
             for line in _revision_lines(linted):
                 self.stdout.write(line)
+        self.stdout.write(f"{len(report.findings)} finding(s)")
         return 0

@@ -155,3 +155,48 @@ def test_without_pglast_lint_says_how_to_install_it(project: Path) -> None:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'dbinit-alembic[lint]'" in proc.stderr
+
+
+def test_findings_name_the_rule_revision_file_statement_and_hint(linted: dict[str, Any]) -> None:
+    found = [
+        (f["id"], f["level"], f["revision"], Path(f["file"]).name, f["position"], f["sql"])
+        for r in linted["revisions"]
+        for f in r["findings"]
+    ]
+    assert found == [
+        (
+            "dbinit.L001",
+            "WARNING",
+            "a1",
+            "a1_revision.py",
+            1,
+            "CREATE INDEX ix_orders_created_at ON orders (created_at)",
+        ),
+        ("dbinit.L002", "WARNING", "a3", "a3_revision.py", 1, "ALTER TABLE orders DROP COLUMN note"),
+    ]  # a6 builds its index CONCURRENTLY: no finding
+    assert linted["findings"] == 2
+    hints = {f["id"]: f["hint"] for r in linted["revisions"] for f in r["findings"]}
+    assert "postgresql_concurrently=True" in hints["dbinit.L001"]
+    assert "phase = 'contract'" in hints["dbinit.L002"]
+
+
+def test_an_index_on_a_table_the_revision_creates_is_no_finding(project: Path) -> None:
+    body = (
+        'op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True), '
+        'sa.Column("body", sa.Text()))\n'
+        'op.create_index("ix_notes_body", "notes", ["body"])'
+    )
+    add_revision(project, "e1", HEAD, body)
+    document = lint_json(project, "--from", HEAD)
+    [revision] = document["revisions"]
+    assert [s["kind"] for s in revision["statements"]] == ["CREATE TABLE", "CREATE INDEX"]
+    assert revision["findings"] == []
+
+
+def test_text_output_shows_findings_with_their_hint(project: Path) -> None:
+    add_revision(project, "f1", HEAD, REVISIONS[2][1].replace('"note"', '"status"'))
+    result = run_dbinit("lint", "--from", HEAD, cwd=project, DATABASE_URL=UNREACHABLE)
+    assert result.returncode == 0, result.output
+    assert "  WARNING: f1 statement 1: (dbinit.L002) DROP COLUMN status on orders" in result.stdout
+    assert "HINT: Ship code that no longer uses the column first" in result.stdout
+    assert result.stdout.rstrip().endswith("1 finding(s)")

@@ -73,13 +73,20 @@ class StatementFacts:
     #: Why: one short phrase per fact that decided the lock, rewrite, scan or phase.
     reasons: tuple[str, ...]
     concurrently: bool = False
+    #: The columns it drops (``ALTER TABLE ... DROP COLUMN``).
+    dropped_columns: tuple[str, ...] = ()
     #: Inside an explicit transaction block of the rendered SQL (BEGIN ... COMMIT).
     in_transaction: bool = False
     #: PostgreSQL's parser refused it (SQLite SQL, say): the message; nothing else is known.
     parse_error: str | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "tables": list(self.tables), "reasons": list(self.reasons)}
+        return {
+            **dataclasses.asdict(self),
+            "tables": list(self.tables),
+            "reasons": list(self.reasons),
+            "dropped_columns": list(self.dropped_columns),
+        }
 
 
 @dataclasses.dataclass
@@ -94,6 +101,7 @@ class _Facts:
     phase: StatementPhase = "neutral"
     reasons: list[str] = dataclasses.field(default_factory=list)
     concurrently: bool = False
+    dropped_columns: list[str] = dataclasses.field(default_factory=list)
 
     def take(self, lock: LockLevel) -> None:
         if self.lock is None or LOCK_ORDER.index(lock) > LOCK_ORDER.index(self.lock):
@@ -219,6 +227,7 @@ def _alter_table(facts: _Facts, stmt: ast.AlterTableStmt) -> None:
         if subtype == "AT_AddColumn":
             _add_column(facts, cmd.def_)
         elif subtype == "AT_DropColumn":
+            facts.dropped_columns.append(column)
             facts.contract(f"DROP COLUMN {column}: the previous release still reads it")
         elif subtype == "AT_AlterColumnType":
             facts.rewrites = facts.scans = True
@@ -345,6 +354,7 @@ def classify_sql(sql: str, ignore_tables: Iterable[str] = ()) -> list[StatementF
                 phase=facts.phase,
                 reasons=tuple(facts.reasons),
                 concurrently=facts.concurrently,
+                dropped_columns=tuple(facts.dropped_columns),
                 in_transaction=in_transaction,
                 parse_error=error,
             )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dbinit.lint.classify import StatementFacts, classify_sql
+from dbinit.lint.rules import Finding, findings
 from dbinit.lint.sql import render_revisions, revisions_to_lint
 from dbinit.revisions.phases import RevisionPhase, revision_phases
 
@@ -27,6 +28,7 @@ class LintedRevision:
     #: The revision's phase as dbinit reads it (declared, or inferred from its operations).
     phase: RevisionPhase
     statements: tuple[StatementFacts, ...]
+    findings: tuple[Finding, ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -35,6 +37,7 @@ class LintedRevision:
             "phase": self.phase.phase,
             "phase_source": self.phase.source,
             "statements": [statement.as_json() for statement in self.statements],
+            "findings": [finding.as_json() for finding in self.findings],
         }
 
 
@@ -43,8 +46,16 @@ class LintReport:
     dialect: str
     revisions: tuple[LintedRevision, ...]
 
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(finding for revision in self.revisions for finding in revision.findings)
+
     def as_json(self) -> dict[str, object]:
-        return {"dialect": self.dialect, "revisions": [revision.as_json() for revision in self.revisions]}
+        return {
+            "dialect": self.dialect,
+            "revisions": [revision.as_json() for revision in self.revisions],
+            "findings": len(self.findings),
+        }
 
 
 def lint(
@@ -60,13 +71,17 @@ def lint(
     rendered_revisions = render_revisions(
         settings, scripts, revisions_to_lint(scripts, from_revision), contexts, log
     )
-    revisions = tuple(
-        LintedRevision(
-            revision=rendered.revision,
-            file=rendered.file,
-            phase=phases[rendered.revision],
-            statements=tuple(classify_sql(rendered.sql, ignore)),
+    revisions: list[LintedRevision] = []
+    for rendered in rendered_revisions:
+        phase = phases[rendered.revision]
+        statements = tuple(classify_sql(rendered.sql, ignore))
+        revisions.append(
+            LintedRevision(
+                revision=rendered.revision,
+                file=rendered.file,
+                phase=phase,
+                statements=statements,
+                findings=tuple(findings(rendered.revision, rendered.file, phase, statements)),
+            )
         )
-        for rendered in rendered_revisions
-    )
-    return LintReport(dialect=settings.url.backend, revisions=revisions)
+    return LintReport(dialect=settings.url.backend, revisions=tuple(revisions))
