@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dbinit.lint.classify import classify_sql
 from tests.plugins.databases import add_revision, clean_env, run_dbinit
 
 HEAD = "8d3f6b2a9c11"  # the example's head
@@ -200,3 +201,45 @@ def test_text_output_shows_findings_with_their_hint(project: Path) -> None:
     assert "  WARNING: f1 statement 1: (dbinit.L002) DROP COLUMN status on orders" in result.stdout
     assert "HINT: Ship code that no longer uses the column first" in result.stdout
     assert result.stdout.rstrip().endswith("1 finding(s)")
+
+
+AX = "ACCESS EXCLUSIVE"
+
+
+@pytest.mark.parametrize(
+    ("sql", "lock", "rewrites", "scans", "phase"),
+    [
+        ("ALTER TABLE t ADD COLUMN c uuid DEFAULT gen_random_uuid()", AX, True, False, "expand"),
+        ("ALTER TABLE t ADD COLUMN c int DEFAULT 0 NOT NULL", "ACCESS EXCLUSIVE", False, False, "expand"),
+        ("ALTER TABLE t ADD COLUMN c int NOT NULL", "ACCESS EXCLUSIVE", False, True, "contract"),
+        ("ALTER TABLE t SET TABLESPACE fast", "ACCESS EXCLUSIVE", True, True, "neutral"),
+        ("ALTER TABLE t ADD CONSTRAINT k CHECK (a > 0) NOT VALID", AX, False, False, "expand"),
+        ("ALTER TABLE t VALIDATE CONSTRAINT k", "SHARE UPDATE EXCLUSIVE", False, True, "expand"),
+        (
+            "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id)",
+            "SHARE ROW EXCLUSIVE",
+            False,
+            True,
+            "contract",
+        ),
+        ("ALTER TABLE t RENAME COLUMN a TO b", "ACCESS EXCLUSIVE", False, False, "contract"),
+        ("DROP TABLE t", "ACCESS EXCLUSIVE", False, False, "contract"),
+        ("DROP INDEX CONCURRENTLY ix", "SHARE UPDATE EXCLUSIVE", False, False, "contract"),
+        ("SELECT count(*) FROM t", "ACCESS SHARE", False, False, "neutral"),
+        ("DELETE FROM t WHERE a IS NULL", "ROW EXCLUSIVE", False, False, "expand"),
+    ],
+)
+def test_lock_rewrite_scan_and_phase_per_statement_form(
+    sql: str, lock: str, rewrites: bool, scans: bool, phase: str
+) -> None:
+    [statement] = classify_sql(sql)
+    seen = (statement.lock, statement.rewrites, statement.scans, statement.phase)
+    assert seen == (lock, rewrites, scans, phase)
+
+
+def test_sql_postgresql_cannot_parse_is_kept_and_said() -> None:
+    statements = classify_sql("CREATE TABLE a (id int); PRAGMA foreign_keys = ON; DROP TABLE a")
+    kinds = [(s.position, s.kind) for s in statements]
+    assert kinds == [(1, "CREATE TABLE"), (2, "UNPARSED"), (3, "DROP TABLE")]
+    assert statements[1].parse_error is not None
+    assert statements[1].sql == "PRAGMA foreign_keys = ON"
