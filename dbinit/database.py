@@ -464,12 +464,32 @@ class PostgresProbe:
                         self._without_history = self._long_lived
                         return self._state(fields, history_readable=False)
         except asyncpg.InsufficientPrivilegeError as exc:
-            raise self._denied(exc) from None
+            if self._without_history or not self._history_denied(exc):
+                raise self._denied(exc) from None
+            # a role granted SELECT on the version table only: verify without the history (its
+            # verdicts on a newer database say ahead_unknown, and why)
+            try:
+                fields = await self._fetch(self._queries[count_tables, True, False])
+            except asyncpg.InsufficientPrivilegeError as again:
+                raise self._denied(again) from None
+            except _lost_errors() as again:
+                raise self._lost(again) from None
+            self._without_history = self._long_lived
+            table = self._history_table or DEFAULT_HISTORY_TABLE
+            return self._state(
+                fields, history_readable=False,
+                problem=f"no SELECT privilege on {table!r} (GRANT SELECT ON {table} TO the service's role)",
+            )
         except _lost_errors() as exc:
             raise self._lost(exc) from None
         if self._without_history and fields[5] == "t":
             self._without_history = False  # it appeared: the next read is one statement with it
         return self._state(fields, history_readable=True)
+
+    def _history_denied(self, exc: BaseException) -> bool:
+        """Whether a permission error is about the history table (not the version table's)."""
+        table = self._history_table or DEFAULT_HISTORY_TABLE
+        return f"table {table}" in str(exc)
 
     def _history_failed(self, query: str, exc: BaseException) -> bool:
         """Whether the server placed the error in the history columns (see :data:`HISTORY_MARK`)."""
@@ -479,7 +499,9 @@ class PostgresProbe:
             return False
         return int(position) - 1 - (0 if self._long_lived else _COPY_PREFIX) > mark
 
-    def _state(self, fields: list[str | None], *, history_readable: bool) -> DatabaseState:
+    def _state(
+        self, fields: list[str | None], *, history_readable: bool, problem: str | None = None
+    ) -> DatabaseState:
         version, schema, count, exists, versions, history_exists, history = fields
         assert version is not None and schema is not None and count is not None
         state = postgres_state(
@@ -489,7 +511,8 @@ class PostgresProbe:
             table = self._history_table or DEFAULT_HISTORY_TABLE
             return dataclasses.replace(
                 state,
-                history_problem=f"{table!r} exists but is not dbinit's history table (its columns differ)",
+                history_problem=problem
+                or f"{table!r} exists but is not dbinit's history table (its columns differ)",
             )
         return state
 

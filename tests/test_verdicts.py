@@ -332,3 +332,29 @@ def test_session_names_fit_63_bytes_and_keep_the_head(monkeypatch: pytest.Monkey
     assert (tag.purpose, tag.heads) == ("ready", (HEAD,))
     assert tag.pod.endswith("-x2x7z")  # the replica's own suffix is kept
     assert session_name("wait", "orders") == "dbinit-wait:orders"  # no heads: as before
+
+
+def test_a_role_that_cannot_read_the_history_still_verifies(n_minus_1: Path, pg_database: TestDatabase,
+                                                           tmp_path: Path) -> None:
+    """A service role granted SELECT on the version table only (as before the history existed)."""
+    import dataclasses
+    import uuid
+
+    role = f"dbinit_svc_{uuid.uuid4().hex[:10]}"
+    pg_database.sql(f"CREATE ROLE {role} LOGIN PASSWORD 'Svc-Pa55'")
+    try:
+        pg_database.sql(f"GRANT SELECT ON alembic_version TO {role}")
+        url = dataclasses.replace(pg_database.parsed, username=role, password="Svc-Pa55")
+        as_service = url.for_sqlalchemy(async_driver=True)
+        code, report = verify_json(n_minus_1, as_service)
+        assert (code, report["verdict"]) == (ExitCode.OK, "at_head"), report
+
+        # ahead of an old image: the history it cannot read makes the verdict unknown, and says why
+        expand_only = release(n_minus_1, tmp_path, "n-expand", contract=False)
+        assert run_dbinit("migrate", cwd=expand_only, DATABASE_URL=pg_database.url).returncode == 0
+        code, report = verify_json(n_minus_1, as_service, DBINIT_ALLOW_AHEAD="compatible")
+        assert (code, report["verdict"]) == (ExitCode.NOT_READY, "ahead_unknown"), report
+        assert "GRANT SELECT ON dbinit_history TO" in json.dumps(report)
+    finally:
+        pg_database.sql(f"DROP OWNED BY {role}")
+        pg_database.sql(f"DROP ROLE {role}")
