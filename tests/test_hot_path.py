@@ -41,24 +41,7 @@ def test_verify_imports_neither_sqlalchemy_nor_alembic_nor_migrations(
     project: Path, database: TestDatabase
 ) -> None:
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=database.url).returncode == 0
-    code = (
-        "import json, sys\n"
-        "from dbinit.management import ManagementUtility\n"
-        "status = ManagementUtility(['dbinit', 'verify']).execute()\n"
-        "print(json.dumps({'status': status, 'modules': sorted(sys.modules)}))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=clean_env(DATABASE_URL=database.url),
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["status"] == 0
-    modules = result["modules"]
+    modules = verify_in_a_process(project, clean_env(DATABASE_URL=database.url))
     heavy = ("sqlalchemy", "alembic", "mako", "aiosqlite", "opentelemetry", "pglast")
     forbidden = [m for m in modules if m.split(".")[0] in heavy]
     assert forbidden == []  # opentelemetry: only with the tracing plugin enabled
@@ -111,18 +94,23 @@ def test_verify_imports_no_prometheus_client(
 ) -> None:
     """Without the metrics plugin, or with it and nothing to export (no DBINIT_METRICS_*)."""
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
+    env = clean_env(DATABASE_URL=sqlite_database.url, DBINIT_PLUGINS=plugins)
+    modules = verify_in_a_process(project, env)
+    assert ("dbinit.plugins.prometheus" in modules) == bool(plugins)  # loaded when enabled
+    assert [m for m in modules if m.split(".")[0] == "prometheus_client"] == []
+
+
+def verify_in_a_process(project: Path, env: dict[str, str]) -> list[str]:
+    """`dbinit verify` in a fresh interpreter (it must pass: exit 0); the modules it imported."""
     code = (
         "import json, sys\n"
         "from dbinit.management import ManagementUtility\n"
         "status = ManagementUtility(['dbinit', 'verify']).execute()\n"
         "print(json.dumps({'status': status, 'modules': sorted(sys.modules)}))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60,
-        env=clean_env(DATABASE_URL=sqlite_database.url, DBINIT_PLUGINS=plugins),
-    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True,
+                          env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == 0
-    assert ("dbinit.plugins.prometheus" in result["modules"]) == bool(plugins)  # loaded when enabled
-    assert [m for m in result["modules"] if m.split(".")[0] == "prometheus_client"] == []
+    return list(result["modules"])

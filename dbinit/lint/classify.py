@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pglast import ast, parse_sql, split
 from pglast.parser import ParseError
@@ -33,17 +33,9 @@ LockLevel = Literal[
     "EXCLUSIVE",
     "ACCESS EXCLUSIVE",
 ]
-#: Weakest first: a statement with several subcommands takes the strongest.
-LOCK_ORDER: tuple[LockLevel, ...] = (
-    "ACCESS SHARE",
-    "ROW SHARE",
-    "ROW EXCLUSIVE",
-    "SHARE UPDATE EXCLUSIVE",
-    "SHARE",
-    "SHARE ROW EXCLUSIVE",
-    "EXCLUSIVE",
-    "ACCESS EXCLUSIVE",
-)
+#: Weakest first (as :data:`LockLevel` lists them): a statement with several subcommands takes
+#: the strongest.
+LOCK_ORDER: tuple[LockLevel, ...] = get_args(LockLevel)
 StatementPhase = Literal["expand", "contract", "neutral"]
 
 #: Functions whose value differs per row: as an added column's default, the table is rewritten.
