@@ -145,6 +145,10 @@ def test_web_concurrency_makes_workers_unless_the_command_line_says_1(
 def test_gunicorn_with_uvicorn_workers_exits_3_on_a_refusal(project: Path, pg_database: TestDatabase) -> None:
     """Several processes per pod, and still a non-zero exit: gunicorn's arbiter halts on a boot error."""
     run = run_until_exit("gunicorn", project, pg_database, "-w", "2")
-    assert run.returncode == 3, run.output
+    # gunicorn 27.0's own race: when both workers fail at once, its arbiter raises HaltServer again
+    # while halting (arbiter.stop -> reap_workers) and the traceback ends the process with 1.
+    # Non-zero either way; 3 whenever that race does not happen (seen once in a full CI run).
+    raced = "in halt" in run.output and "HaltServer" in run.output
+    assert run.returncode == (1 if raced else 3), run.output
     assert REFUSAL in run.output and "dbinit.E002" in run.output
     assert "Worker failed to boot." in run.output
