@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from dbinit.checks import Check
+    from dbinit.lint.rules import LintRule
     from dbinit.management.base import BaseCommand
     from dbinit.report import MigrateResult, VerifyReport
     from dbinit.settings import Settings
@@ -252,4 +253,32 @@ def dbinit_asgi_endpoints(settings: Settings) -> Mapping[str, Callable[..., Awai
         results are collected; a path taken twice (by two plugins, or by a
         plugin and ``DBINIT_READINESS_PATH``/``DBINIT_LIVENESS_PATH``) is a
         configuration error naming the plugin (exit 2).
+    """
+
+
+@hookspec
+def dbinit_lint_rules(settings: Settings) -> Sequence[LintRule]:
+    """Contribute lint rules (``dbinit lint``, ``dbinit check --tag lint``).
+
+    ::
+
+        @hookimpl
+        def dbinit_lint_rules(settings):
+            return [LintRule("acme.L900", "TRUNCATE", no_truncate, level=Level.ERROR,
+                             hint="Delete in batches from a job instead")]
+
+    Called once per lint run, before any revision is rendered. A rule's
+    ``check`` gets each revision as a :class:`dbinit.lint.rules.RevisionContext`
+    (its statements as PostgreSQL's parser classified them, its phase, the
+    release) and yields :class:`dbinit.lint.rules.Hit` objects; it never parses
+    SQL nor connects to a database.
+
+    :param settings: the run's :class:`dbinit.settings.Settings`.
+    :return: a sequence of :class:`dbinit.lint.rules.LintRule`. Ids must be
+        unique across plugins (a duplicate is a configuration error naming both
+        plugins). All results are collected; rules run in the results' order
+        (dbinit's own first: its implementation is ``tryfirst``). A suppression
+        in a revision file, ``disable`` and ``levels`` in ``[tool.dbinit.lint]``
+        name a rule by its id. A rule whose ``check`` raises is a bug in its
+        plugin (exit 1, the plugin named).
     """

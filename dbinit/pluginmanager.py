@@ -43,6 +43,7 @@ from dbinit.strategies import Strategy
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from dbinit.lint.rules import LintRule
     from dbinit.settings import Settings
 
 PROJECT = "dbinit"
@@ -53,10 +54,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "dbinit.plugins.checks",
     "dbinit.plugins.strategies",
     "dbinit.plugins.commands",
+    "dbinit.plugins.lint",
 )
 #: Hooks whose implementations return a sequence: a generator returned is read into a tuple
 #: as it returns (so that wrappers, and dbinit, can read it more than once).
-SEQUENCE_HOOKS = frozenset({"dbinit_checks", "dbinit_strategies"})
+SEQUENCE_HOOKS = frozenset({"dbinit_checks", "dbinit_strategies", "dbinit_lint_rules"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,6 +507,16 @@ class Registry:
             settings,
             lambda: tuple(self._collect("dbinit_checks", settings, Check, lambda c: c.id, "check id")),
         )
+
+    def lint_rules(self, settings: Settings) -> tuple[LintRule, ...]:
+        """``dbinit_lint_rules``: every lint rule, in pluggy's result order, each with its plugin's name."""
+        from dbinit.lint.rules import LintRule
+
+        def collect() -> tuple[LintRule, ...]:
+            rules = self._collect("dbinit_lint_rules", settings, LintRule, lambda r: r.id, "lint rule id")
+            return tuple(rules)
+
+        return self._once("dbinit_lint_rules", settings, collect)
 
     def strategies(self, settings: Settings) -> Mapping[str, Strategy]:
         """``dbinit_strategies``: name -> strategy, each with its plugin's name."""

@@ -39,8 +39,8 @@ REVISIONS = [
 ]
 
 
-def lint_json(project: Path, *args: str, url: str = UNREACHABLE) -> dict[str, Any]:
-    result = run_dbinit("lint", "--format", "json", *args, cwd=project, DATABASE_URL=url)
+def lint_json(project: Path, *args: str, url: str = UNREACHABLE, **settings: str) -> dict[str, Any]:
+    result = run_dbinit("lint", "--format", "json", *args, cwd=project, DATABASE_URL=url, **settings)
     assert result.returncode == 0, result.output
     document: dict[str, Any] = json.loads(result.stdout)
     return document
@@ -64,7 +64,8 @@ def linted(project: Path) -> dict[str, Any]:
     for rev, body in REVISIONS:
         add_revision(project, rev, down, body)
         down = rev
-    return lint_json(project, "--from", HEAD)
+    # dbinit migrate sets lock_timeout: no dbinit.L010 finding
+    return lint_json(project, "--from", HEAD, DBINIT_DDL_LOCK_TIMEOUT="5")
 
 
 def test_each_statement_has_its_lock_rewrite_scan_and_phase(linted: dict[str, Any]) -> None:
@@ -103,8 +104,8 @@ def test_text_output_lists_each_statement_with_its_facts(project: Path) -> None:
     add_revision(project, "b1", HEAD, REVISIONS[0][1])
     result = run_dbinit("lint", "--from", HEAD, cwd=project, DATABASE_URL=UNREACHABLE)
     assert result.returncode == 0, result.output
-    assert "orders: 1 revision(s), postgresql SQL" in result.stdout
-    assert "    1. CREATE INDEX ix_orders_created_at ON orders (created_at)" in result.stdout
+    assert f"orders: 1 revision(s) after {HEAD}, postgresql SQL" in result.stdout
+    assert "    1. CREATE INDEX ix_orders_created_at ON orders (created_at) (line 22)" in result.stdout
     assert "lock SHARE; scans; expand; on orders" in result.stdout
 
 
@@ -160,7 +161,7 @@ def test_without_pglast_lint_says_how_to_install_it(project: Path) -> None:
 
 def test_findings_name_the_rule_revision_file_statement_and_hint(linted: dict[str, Any]) -> None:
     found = [
-        (f["id"], f["level"], f["revision"], Path(f["file"]).name, f["position"], f["sql"])
+        (f["id"], f["level"], f["revision"], Path(f["file"]).name, f["line"], f["position"], f["sql"])
         for r in linted["revisions"]
         for f in r["findings"]
     ]
@@ -170,12 +171,31 @@ def test_findings_name_the_rule_revision_file_statement_and_hint(linted: dict[st
             "WARNING",
             "a1",
             "a1_revision.py",
+            22,
             1,
             "CREATE INDEX ix_orders_created_at ON orders (created_at)",
         ),
-        ("dbinit.L002", "WARNING", "a3", "a3_revision.py", 1, "ALTER TABLE orders DROP COLUMN note"),
-    ]  # a6 builds its index CONCURRENTLY: no finding
-    assert linted["findings"] == 2
+        ("dbinit.L002", "ERROR", "a3", "a3_revision.py", 22, 1, "ALTER TABLE orders DROP COLUMN note"),
+        (
+            "dbinit.L006",
+            "ERROR",
+            "a4",
+            "a4_revision.py",
+            22,
+            1,
+            "ALTER TABLE orders ALTER COLUMN status TYPE TEXT",
+        ),
+        (
+            "dbinit.L008",
+            "WARNING",
+            "a5",
+            "a5_revision.py",
+            22,
+            2,
+            "ALTER TABLE orders ALTER COLUMN status SET NOT NULL",
+        ),
+    ]  # a2 adds a nullable column; a6 builds its index CONCURRENTLY: no finding
+    assert linted["findings"] == 4
     hints = {f["id"]: f["hint"] for r in linted["revisions"] for f in r["findings"]}
     assert "postgresql_concurrently=True" in hints["dbinit.L001"]
     assert "phase = 'contract'" in hints["dbinit.L002"]
@@ -198,9 +218,13 @@ def test_text_output_shows_findings_with_their_hint(project: Path) -> None:
     add_revision(project, "f1", HEAD, REVISIONS[2][1].replace('"note"', '"status"'))
     result = run_dbinit("lint", "--from", HEAD, cwd=project, DATABASE_URL=UNREACHABLE)
     assert result.returncode == 0, result.output
-    assert "  WARNING: f1 statement 1: (dbinit.L002) DROP COLUMN status on orders" in result.stdout
-    assert "HINT: Ship code that no longer uses the column first" in result.stdout
-    assert result.stdout.rstrip().endswith("1 finding(s)")
+    assert (
+        "  ERROR: f1 (migrations/versions/f1_revision.py:22, statement 1): (dbinit.L002) "
+        "DROP COLUMN status on orders" in result.stdout
+    )
+    assert "HINT: Ship code that no longer uses it first" in result.stdout
+    assert "(dbinit.L010)" in result.stdout  # no DBINIT_DDL_LOCK_TIMEOUT: no lock_timeout
+    assert result.stdout.rstrip().endswith("2 finding(s)")
 
 
 AX = "ACCESS EXCLUSIVE"
@@ -224,7 +248,7 @@ AX = "ACCESS EXCLUSIVE"
         ),
         ("ALTER TABLE t RENAME COLUMN a TO b", "ACCESS EXCLUSIVE", False, False, "contract"),
         ("DROP TABLE t", "ACCESS EXCLUSIVE", False, False, "contract"),
-        ("DROP INDEX CONCURRENTLY ix", "SHARE UPDATE EXCLUSIVE", False, False, "contract"),
+        ("DROP INDEX CONCURRENTLY ix", "SHARE UPDATE EXCLUSIVE", False, False, "expand"),
         ("SELECT count(*) FROM t", "ACCESS SHARE", False, False, "neutral"),
         ("DELETE FROM t WHERE a IS NULL", "ROW EXCLUSIVE", False, False, "expand"),
     ],

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, get_args
 
 from pglast import ast, parse_sql, split
+from pglast.enums import ObjectType
 from pglast.parser import ParseError
 from pglast.visitors import Visitor
 
@@ -43,6 +44,20 @@ VOLATILE_FUNCTIONS = frozenset(
     {"random", "clock_timestamp", "timeofday", "gen_random_uuid", "uuid_generate_v4", "nextval", "uuidv7"}
 )
 SERIAL_TYPES = frozenset({"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"})
+
+
+@dataclasses.dataclass(frozen=True)
+class AddedConstraint:
+    """A constraint an ``ALTER TABLE ... ADD CONSTRAINT`` (or ``ADD COLUMN ... REFERENCES``) adds."""
+
+    #: "CHECK", "FOREIGN", "PRIMARY", "UNIQUE", "EXCLUSION".
+    kind: str
+    name: str | None
+    not_valid: bool
+    #: ``... PRIMARY KEY / UNIQUE USING INDEX name``: an index built beforehand, no scan.
+    using_index: bool = False
+    #: ``CHECK (column IS NOT NULL)``: the column (the SET NOT NULL recipe).
+    not_null_column: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +86,26 @@ class StatementFacts:
     in_transaction: bool = False
     #: PostgreSQL's parser refused it (SQLite SQL, say): the message; nothing else is known.
     parse_error: str | None = None
+    #: Where it starts in the rendered SQL (characters).
+    offset: int = 0
+    #: The line of the revision file whose code sent it (None: not known, or not the revision's).
+    line: int | None = None
+    #: ``ADD COLUMN ... NOT NULL`` without a default: fails on a table with rows.
+    required_columns: tuple[str, ...] = ()
+    #: ``ADD COLUMN`` with a per-row value (volatile default, serial, identity, generated).
+    rewriting_columns: tuple[str, ...] = ()
+    #: ``ALTER COLUMN ... TYPE``.
+    retyped_columns: tuple[str, ...] = ()
+    #: ``ALTER COLUMN ... SET NOT NULL``.
+    not_null_columns: tuple[str, ...] = ()
+    constraints: tuple[AddedConstraint, ...] = ()
+    #: ``VALIDATE CONSTRAINT name``.
+    validated: tuple[str, ...] = ()
+    #: ``SET name = ...``: the setting's name, lower case.
+    setting: str | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {
-            **dataclasses.asdict(self),
-            "tables": list(self.tables),
-            "reasons": list(self.reasons),
-            "dropped_columns": list(self.dropped_columns),
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -94,6 +121,13 @@ class _Facts:
     reasons: list[str] = dataclasses.field(default_factory=list)
     concurrently: bool = False
     dropped_columns: list[str] = dataclasses.field(default_factory=list)
+    required_columns: list[str] = dataclasses.field(default_factory=list)
+    rewriting_columns: list[str] = dataclasses.field(default_factory=list)
+    retyped_columns: list[str] = dataclasses.field(default_factory=list)
+    not_null_columns: list[str] = dataclasses.field(default_factory=list)
+    constraints: list[AddedConstraint] = dataclasses.field(default_factory=list)
+    validated: list[str] = dataclasses.field(default_factory=list)
+    setting: str | None = None
 
     def take(self, lock: LockLevel) -> None:
         if self.lock is None or LOCK_ORDER.index(lock) > LOCK_ORDER.index(self.lock):
@@ -149,20 +183,48 @@ def _add_column(facts: _Facts, column: ast.ColumnDef) -> None:
     not_null = any(_is(c.contype, "CONSTR_NOTNULL", "CONSTR_PRIMARY") for c in constraints)
     generated = any(_is(c.contype, "CONSTR_IDENTITY", "CONSTR_GENERATED") for c in constraints)
     volatile = default is not None and bool(_calls(default.raw_expr) & VOLATILE_FUNCTIONS)
+    name = str(column.colname)
     if volatile or generated or type_name in SERIAL_TYPES:
         facts.rewrites = True
-        facts.reasons.append(f"ADD COLUMN {column.colname} with a per-row value: rewrites the table")
+        facts.rewriting_columns.append(name)
+        facts.reasons.append(f"ADD COLUMN {name} with a per-row value: rewrites the table")
     if not_null and default is None and not generated and type_name not in SERIAL_TYPES:
         facts.scans = True
-        facts.contract(f"ADD COLUMN {column.colname} NOT NULL without a default: old inserts fail")
+        facts.required_columns.append(name)
+        facts.contract(f"ADD COLUMN {name} NOT NULL without a default: old inserts fail")
     else:
-        facts.expand(f"ADD COLUMN {column.colname}")
-    if any(_is(c.contype, "CONSTR_FOREIGN", "CONSTR_CHECK", "CONSTR_UNIQUE") for c in constraints):
-        facts.scans = True
+        facts.expand(f"ADD COLUMN {name}")
+    for constraint in constraints:
+        if _is(constraint.contype, "CONSTR_FOREIGN", "CONSTR_CHECK", "CONSTR_UNIQUE", "CONSTR_PRIMARY"):
+            facts.scans = True
+            facts.constraints.append(_constraint(constraint))
+            if _is(constraint.contype, "CONSTR_FOREIGN") and constraint.pktable is not None:
+                facts.tables.append(_name(constraint.pktable))
+
+
+def _constraint(constraint: ast.Constraint) -> AddedConstraint:
+    kind = str(getattr(constraint.contype, "name", "")).removeprefix("CONSTR_")
+    not_null_column = None
+    expr = constraint.raw_expr
+    if (
+        kind == "CHECK"
+        and isinstance(expr, ast.NullTest)
+        and _is(expr.nulltesttype, "IS_NOT_NULL")
+        and isinstance(expr.arg, ast.ColumnRef)
+    ):
+        not_null_column = str(expr.arg.fields[-1].sval)
+    return AddedConstraint(
+        kind=kind,
+        name=constraint.conname,
+        not_valid=bool(constraint.skip_validation),
+        using_index=bool(getattr(constraint, "indexname", None)),
+        not_null_column=not_null_column,
+    )
 
 
 def _add_constraint(facts: _Facts, constraint: ast.Constraint) -> None:
     label = str(getattr(constraint.contype, "name", "")).removeprefix("CONSTR_")
+    facts.constraints.append(_constraint(constraint))
     if _is(constraint.contype, "CONSTR_FOREIGN"):
         facts.take("SHARE ROW EXCLUSIVE")
         if constraint.pktable is not None:
@@ -171,6 +233,8 @@ def _add_constraint(facts: _Facts, constraint: ast.Constraint) -> None:
         facts.take("ACCESS EXCLUSIVE")
     if constraint.skip_validation:
         facts.expand(f"ADD CONSTRAINT {label} NOT VALID: new rows only, no scan")
+    elif getattr(constraint, "indexname", None):
+        facts.expand(f"ADD CONSTRAINT {label} USING INDEX {constraint.indexname}: no scan")
     else:
         facts.scans = True
         facts.contract(f"ADD CONSTRAINT {label}: scans the table; old writes may be refused")
@@ -223,15 +287,18 @@ def _alter_table(facts: _Facts, stmt: ast.AlterTableStmt) -> None:
             facts.contract(f"DROP COLUMN {column}: the previous release still reads it")
         elif subtype == "AT_AlterColumnType":
             facts.rewrites = facts.scans = True
+            facts.retyped_columns.append(column)
             facts.contract(
                 f"ALTER COLUMN {column} TYPE: rewrites the table (unless binary-coercible) "
                 "and the previous release may not read the new type"
             )
         elif subtype == "AT_SetNotNull":
             facts.scans = True
+            facts.not_null_columns.append(column)
             facts.contract(f"ALTER COLUMN {column} SET NOT NULL: scans the table; old inserts of NULL fail")
         elif subtype == "AT_ValidateConstraint":
             facts.scans = True
+            facts.validated.append(column)
             facts.expand(f"VALIDATE CONSTRAINT {column}: scans without blocking writes")
         elif subtype in ("AT_DropConstraint", "AT_DropNotNull"):
             facts.expand(f"{subtype.removeprefix('AT_')} {column}: relaxes a rule, old code keeps working")
@@ -264,11 +331,22 @@ def _classify(stmt: Any) -> _Facts:
         names = [_dotted(o) if isinstance(o, tuple) else str(getattr(o, "sval", o)) for o in stmt.objects]
         facts = _Facts(f"DROP {kind}", tables=names, concurrently=bool(stmt.concurrent))
         facts.take("SHARE UPDATE EXCLUSIVE" if stmt.concurrent else "ACCESS EXCLUSIVE")
-        facts.contract(f"DROP {kind}: the previous release may still use it")
+        if kind == "INDEX":
+            facts.expand("DROP INDEX: queries do not name indexes (the index's table is locked)")
+        else:
+            facts.contract(f"DROP {kind}: the previous release may still use it")
     elif isinstance(stmt, ast.RenameStmt):
-        facts = _Facts("RENAME", tables=[_name(stmt.relation)] if stmt.relation is not None else [])
-        facts.take("ACCESS EXCLUSIVE")
-        facts.contract(f"RENAME to {stmt.newname}: the previous release uses the old name")
+        renamed = ObjectType(stmt.renameType).name.removeprefix("OBJECT_").replace("_", " ")
+        facts = _Facts(
+            f"RENAME {renamed}", tables=[_name(stmt.relation)] if stmt.relation is not None else []
+        )
+        if renamed == "INDEX":  # PostgreSQL 12+: ALTER INDEX ... RENAME takes SHARE UPDATE EXCLUSIVE
+            facts.take("SHARE UPDATE EXCLUSIVE")
+            facts.expand(f"RENAME INDEX to {stmt.newname}: queries do not name indexes")
+        else:
+            facts.take("ACCESS EXCLUSIVE")
+            old = f"{stmt.subname} " if stmt.subname else ""
+            facts.contract(f"RENAME {renamed} {old}to {stmt.newname}: the previous release uses the old name")
     elif isinstance(stmt, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
         kind = {ast.InsertStmt: "INSERT", ast.UpdateStmt: "UPDATE", ast.DeleteStmt: "DELETE"}[type(stmt)]
         facts = _Facts(kind, tables=[_name(stmt.relation)])
@@ -286,7 +364,7 @@ def _classify(stmt: Any) -> _Facts:
         facts.take("SHARE ROW EXCLUSIVE")
         facts.expand("creates a trigger")
     elif isinstance(stmt, ast.VariableSetStmt):
-        facts = _Facts("SET")
+        facts = _Facts("SET", setting=str(stmt.name or "").lower() or None)
     else:
         name = type(stmt).__name__.removesuffix("Stmt")
         facts = _Facts(name)
@@ -299,33 +377,46 @@ def _classify(stmt: Any) -> _Facts:
     return facts
 
 
+@dataclasses.dataclass(frozen=True)
+class TransactionControl:
+    """A BEGIN, COMMIT or ROLLBACK of the rendered SQL (not a statement of :func:`classify`)."""
+
+    kind: str
+    sql: str
+    offset: int
+    #: Set by the caller that knows the source: the revision file's line that sent it, and whether
+    #: ``autocommit_block()`` (not the revision's own code) sent it.
+    line: int | None = None
+    autocommit_block: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifiedSQL:
+    statements: tuple[StatementFacts, ...]
+    transaction_control: tuple[TransactionControl, ...]
+
+
 def classify_sql(sql: str, ignore_tables: Iterable[str] = ()) -> list[StatementFacts]:
-    """Every statement of ``sql``, classified, in order.
+    """Every statement of ``sql``, classified, in order (see :func:`classify`)."""
+    return list(classify(sql, ignore_tables).statements)
+
+
+def classify(sql: str, ignore_tables: Iterable[str] = ()) -> ClassifiedSQL:
+    """Every statement of ``sql``, classified, in order, and the transaction control between them.
 
     Transaction control (BEGIN, COMMIT) is not a statement here but sets
     ``in_transaction`` on those between; statements that touch only
     ``ignore_tables`` (the version table Alembic updates) are left out.
     """
     ignored = {t.lower() for t in ignore_tables}
-    encoded = sql.encode()
     result: list[StatementFacts] = []
+    control: list[TransactionControl] = []
     in_transaction = False
-    try:
-        parsed: list[tuple[str, Any, str | None]] = [
-            (_text(encoded, raw.stmt_location, raw.stmt_len), raw.stmt, None) for raw in parse_sql(sql)
-        ]
-    except ParseError:
-        # one statement PostgreSQL cannot parse: split with its scanner, parse each alone
-        parsed = []
-        for text in split(sql, with_parser=False):
-            try:
-                parsed.extend((text, raw.stmt, None) for raw in parse_sql(text))
-            except ParseError as exc:
-                parsed.append((text, None, str(exc)))
-    for text, stmt, error in parsed:
+    for text, offset, stmt, error in _parsed(sql):
         if isinstance(stmt, ast.TransactionStmt):
-            kind = str(getattr(stmt.kind, "name", ""))
-            in_transaction = kind in ("TRANS_STMT_BEGIN", "TRANS_STMT_START")
+            kind = str(getattr(stmt.kind, "name", "")).removeprefix("TRANS_STMT_")
+            in_transaction = kind in ("BEGIN", "START")
+            control.append(TransactionControl(kind, text, offset))
             continue
         if error is not None:
             facts = _Facts("UNPARSED")
@@ -349,9 +440,47 @@ def classify_sql(sql: str, ignore_tables: Iterable[str] = ()) -> list[StatementF
                 dropped_columns=tuple(facts.dropped_columns),
                 in_transaction=in_transaction,
                 parse_error=error,
+                offset=offset,
+                required_columns=tuple(facts.required_columns),
+                rewriting_columns=tuple(facts.rewriting_columns),
+                retyped_columns=tuple(facts.retyped_columns),
+                not_null_columns=tuple(facts.not_null_columns),
+                constraints=tuple(facts.constraints),
+                validated=tuple(facts.validated),
+                setting=facts.setting,
             )
         )
-    return result
+    return ClassifiedSQL(tuple(result), tuple(control))
+
+
+def _parsed(sql: str) -> list[tuple[str, int, Any, str | None]]:
+    """(text, offset in ``sql``, parse tree or None, parse error or None) per statement."""
+    encoded = sql.encode()
+    try:
+        return [
+            (
+                _text(encoded, raw.stmt_location, raw.stmt_len),
+                len(encoded[: raw.stmt_location].decode()),
+                raw.stmt,
+                None,
+            )
+            for raw in parse_sql(sql)
+        ]
+    except ParseError:
+        pass
+    # one statement PostgreSQL cannot parse: split with its scanner, parse each alone
+    parsed: list[tuple[str, int, Any, str | None]] = []
+    cursor = 0
+    for text in split(sql, with_parser=False):
+        found = sql.find(text, cursor)
+        offset = found if found >= 0 else cursor
+        cursor = offset + len(text) if found >= 0 else cursor
+        try:
+            stripped = text.strip().rstrip(";").strip()
+            parsed.extend((stripped, offset, raw.stmt, None) for raw in parse_sql(text))
+        except ParseError as exc:
+            parsed.append((text.strip().rstrip(";").strip(), offset, None, str(exc)))
+    return parsed
 
 
 def _text(encoded: bytes, location: int, length: int) -> str:

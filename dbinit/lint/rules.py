@@ -1,41 +1,202 @@
-"""The first lint rules: a finding per statement, as a Django-style message with a stable id.
+"""Lint rules: what a rule is, what it sees, and what it finds.
 
-A rule looks at one statement of one revision (and the statements before it
-in that revision) and returns a :class:`~dbinit.checks.CheckMessage` or None.
-Rules do not parse: they read :class:`~dbinit.lint.classify.StatementFacts`.
+A rule is a :class:`LintRule` contributed by a plugin (hook
+``dbinit_lint_rules``; dbinit's own come from ``dbinit.plugins.lint``). Its
+``check`` gets one revision at a time, as a :class:`RevisionContext` (the
+revision, its phase, each statement of its offline SQL as
+:class:`~dbinit.lint.classify.StatementFacts`, the release it is part of,
+the project's :class:`~dbinit.lint.options.LintSettings`) and yields
+:class:`Hit` objects: a message, and the statement it is about. Rules do not
+parse SQL and never touch a database::
+
+    from dbinit import hookimpl
+    from dbinit.checks import Level
+    from dbinit.lint.rules import Hit, LintRule
+
+    def no_truncate(revision):
+        for statement in revision.statements:
+            if statement.kind == "TRUNCATE":
+                yield Hit(f"TRUNCATE {', '.join(statement.tables)}", statement)
+
+    @hookimpl
+    def dbinit_lint_rules():
+        return [LintRule("acme.L900", "TRUNCATE", no_truncate, level=Level.ERROR,
+                         hint="Delete in batches from a job instead")]
+
+dbinit turns hits into :class:`Finding` objects: the rule's id, the level
+(the project's ``levels`` setting, else the rule's), the revision, its file
+and line, the statement, the hint; then applies the revision file's
+suppressions (:mod:`dbinit.lint.suppressions`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dbinit.checks import CheckMessage, Warning
+from dbinit.checks import CheckMessage, Level
 
 if TYPE_CHECKING:
-    from dbinit.lint.classify import StatementFacts
+    from dbinit.lint.classify import StatementFacts, TransactionControl
+    from dbinit.lint.options import LintSettings
+    from dbinit.revisions.graph import RevisionGraph
     from dbinit.revisions.phases import RevisionPhase
-
-#: A rule: (the statement, the revision's statements before it, the revision's phase) -> a finding.
-RuleFunction = Callable[["StatementFacts", "Sequence[StatementFacts]", "RevisionPhase"], CheckMessage | None]
 
 
 @dataclasses.dataclass(frozen=True)
-class Rule:
+class Hit:
+    """What a rule found: a message, and the statement it is about (None: the revision as a whole)."""
+
+    msg: str
+    statement: StatementFacts | None = None
+    #: The line of the revision file it is about, when not the statement's.
+    line: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """The revisions linted together as one release: those after ``since`` (``--from``)."""
+
+    since: str
+    revisions: frozenset[str]
+    #: ``since`` and everything before it: what the previous release's code knows.
+    previous: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionContext:
+    """One revision as a rule sees it."""
+
+    revision: str
+    #: The revision file, as the graph names it (None for a sourceless project).
+    file: str | None
+    path: Path | None
+    phase: RevisionPhase
+    statements: tuple[StatementFacts, ...]
+    #: BEGIN / COMMIT / ROLLBACK of the rendered SQL, each with the line of the revision that sent
+    #: it (None: Alembic's own) and whether ``autocommit_block()`` did.
+    transaction_control: tuple[TransactionControl, ...]
+    #: The SQL's dialect: "postgresql", "sqlite", ...
+    dialect: str
+    options: LintSettings
+    graph: RevisionGraph
+    phases: Mapping[str, RevisionPhase]
+    #: Set when linting from a revision (``--from`` or ``since``): the release this revision is in.
+    release: Release | None
+    #: ``DBINIT_DDL_LOCK_TIMEOUT``: ``dbinit migrate`` sets it as ``lock_timeout`` on its sessions.
+    ddl_lock_timeout: float | None
+    #: The ``CHECK (column IS NOT NULL)`` constraints of the revisions linted before this one.
+    not_null: NotNullChecks
+    #: The line of ``dbinit_phase = ...`` in the file, if declared.
+    declaration_line: int | None = None
+
+    @property
+    def declared(self) -> bool:
+        return self.phase.source == "declared"
+
+    @property
+    def created_tables(self) -> frozenset[str]:
+        """Tables this revision creates (empty while it runs: no lock or scan matters)."""
+        return frozenset(
+            bare(table) for s in self.statements if s.kind == "CREATE TABLE" for table in s.tables
+        )
+
+    def existing(self, statement: StatementFacts) -> list[str]:
+        """``statement``'s tables that exist before this revision (not created by it)."""
+        created = self.created_tables
+        return [t for t in statement.tables if bare(t) not in created]
+
+    def large(self, statement: StatementFacts) -> list[str]:
+        """``statement``'s existing tables not declared small (``table_rows``)."""
+        return [t for t in self.existing(statement) if not self.options.is_small(t)]
+
+    def before(self, statement: StatementFacts) -> tuple[StatementFacts, ...]:
+        return self.statements[: statement.position - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class NotNullChecks:
+    """``CHECK (column IS NOT NULL)`` constraints seen so far: the SET NOT NULL recipe's first steps.
+
+    PostgreSQL 12+ skips SET NOT NULL's scan when such a check is validated.
+    """
+
+    #: ``(table, column)`` with a validated check.
+    checked: frozenset[tuple[str, str]] = frozenset()
+    #: Constraint name -> ``(table, column)``, added NOT VALID and not validated yet.
+    pending: tuple[tuple[str, tuple[str, str]], ...] = ()
+
+    def after(self, statement: StatementFacts) -> NotNullChecks:
+        """The state once ``statement`` ran."""
+        checked = set(self.checked)
+        pending = dict(self.pending)
+        for constraint in statement.constraints:
+            if constraint.not_null_column is None or not statement.tables:
+                continue
+            pair = (bare(statement.tables[0]), constraint.not_null_column.lower())
+            if not constraint.not_valid:
+                checked.add(pair)
+            elif constraint.name:
+                pending[constraint.name] = pair
+        for name in statement.validated:
+            if name in pending:
+                checked.add(pending.pop(name))
+        return NotNullChecks(frozenset(checked), tuple(pending.items()))
+
+
+def bare(table: str) -> str:
+    """A table's name without its schema, lower case."""
+    return table.lower().rsplit(".", 1)[-1]
+
+
+RuleCheck = Callable[[RevisionContext], Iterable[Hit]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LintRule:
+    """A lint rule: a stable id, what it is about, the safe recipe, and its check."""
+
+    #: Stable, ``package.L123``; what suppressions and settings name.
     id: str
     title: str
-    check: RuleFunction
+    check: RuleCheck
+    level: Level = Level.WARNING
+    #: The safe recipe, shown with every finding.
+    hint: str = ""
+    #: Only meaningful for PostgreSQL's SQL (locks, rewrites, CONCURRENTLY): not run on other dialects.
+    postgresql_only: bool = True
+    #: The squawk rules it covers (documentation).
+    squawk: tuple[str, ...] = ()
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if "." not in self.id:
+            raise ValueError(f"lint rule id {self.id!r} must look like 'package.L001'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Suppressed:
+    """A finding's suppression: the comment's line and its reason."""
+
+    line: int
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """What a rule found, where: the revision, its file, the statement."""
+    """What a rule found, where: the revision, its file and line, the statement."""
 
     message: CheckMessage
     revision: str
     file: str | None
-    statement: StatementFacts
+    line: int | None
+    statement: StatementFacts | None
+    rule: LintRule
+    suppressed: Suppressed | None = None
+    #: The revision file on disk (for SARIF's locations).
+    path: Path | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -45,65 +206,61 @@ class Finding:
             "hint": self.message.hint,
             "revision": self.revision,
             "file": self.file,
-            "position": self.statement.position,
-            "sql": self.statement.sql,
+            "line": self.line,
+            "position": self.statement.position if self.statement is not None else None,
+            "sql": self.statement.sql if self.statement is not None else None,
+            "suppressed": dataclasses.asdict(self.suppressed) if self.suppressed is not None else None,
         }
 
-    def line(self) -> str:
-        where = f"{self.revision} statement {self.statement.position}"
-        text = f"  {self.message.level.name}: {where}: ({self.message.id}) {self.message.msg}"
+    @property
+    def shown_file(self) -> str:
+        """The revision file, relative to the working directory when it is below it."""
+        if self.path is not None:
+            try:
+                return str(self.path.resolve().relative_to(Path.cwd().resolve()))
+            except ValueError:
+                pass
+        return self.file or "?"
+
+    @property
+    def where(self) -> str:
+        """``a3 (migrations/versions/a3_drop.py:12, statement 1)``."""
+        place = self.shown_file
+        if self.line is not None:
+            place += f":{self.line}"
+        if self.statement is not None:
+            place += f", statement {self.statement.position}"
+        return f"{self.revision} ({place})"
+
+    def line_text(self) -> str:
+        text = f"  {self.message.level.name}: {self.where}: ({self.message.id}) {self.message.msg}"
+        if self.suppressed is not None:
+            return text + f"\n       suppressed (line {self.suppressed.line}): {self.suppressed.reason}"
         return text + (f"\n       HINT: {self.message.hint}" if self.message.hint else "")
 
 
-def _created_before(before: Sequence[StatementFacts]) -> set[str]:
-    return {table for statement in before if statement.kind == "CREATE TABLE" for table in statement.tables}
-
-
-def index_without_concurrently(
-    statement: StatementFacts, before: Sequence[StatementFacts], phase: RevisionPhase
-) -> CheckMessage | None:
-    if statement.kind != "CREATE INDEX" or statement.concurrently:
-        return None
-    if set(statement.tables) <= _created_before(before):  # a table this revision creates: empty
-        return None
-    tables = ", ".join(statement.tables)
-    return Warning(
-        f"CREATE INDEX without CONCURRENTLY takes a SHARE lock on {tables}: writes wait until it is built",
-        hint="Build it with op.create_index(..., postgresql_concurrently=True) inside "
-        "`with op.get_context().autocommit_block():`",
-        id="dbinit.L001",
-    )
-
-
-def drop_column(
-    statement: StatementFacts, before: Sequence[StatementFacts], phase: RevisionPhase
-) -> CheckMessage | None:
-    if not statement.dropped_columns:
-        return None
-    columns = ", ".join(statement.dropped_columns)
-    return Warning(
-        f"DROP COLUMN {columns} on {', '.join(statement.tables)} (a {phase.phase} revision): "
-        "a release still running that reads or writes it fails",
-        hint="Ship code that no longer uses the column first; drop it in a later revision declared "
-        "phase = 'contract', after that release has rolled out",
-        id="dbinit.L002",
-    )
-
-
-RULES: tuple[Rule, ...] = (
-    Rule("dbinit.L001", "CREATE INDEX without CONCURRENTLY", index_without_concurrently),
-    Rule("dbinit.L002", "DROP COLUMN", drop_column),
-)
-
-
-def findings(
-    revision: str, file: str | None, phase: RevisionPhase, statements: Sequence[StatementFacts]
-) -> list[Finding]:
-    """Every rule's finding on every statement of one revision, in statement order."""
+def apply_rules(context: RevisionContext, rules: Iterable[LintRule]) -> list[Finding]:
+    """Every enabled rule's findings on one revision, in rule order, unsuppressed."""
     found: list[Finding] = []
-    for index, statement in enumerate(statements):
-        for rule in RULES:
-            message = rule.check(statement, statements[:index], phase)
-            if message is not None:
-                found.append(Finding(message, revision, file, statement))
+    for rule in rules:
+        if rule.id in context.options.disable:
+            continue
+        if rule.postgresql_only and context.dialect != "postgresql":
+            continue
+        level = context.options.level(rule.id, rule.level)
+        for hit in rule.check(context):
+            line = hit.line
+            if line is None:
+                line = hit.statement.line if hit.statement is not None else context.declaration_line
+            found.append(
+                Finding(
+                    message=CheckMessage(level, hit.msg, rule.hint, rule.id),
+                    revision=context.revision,
+                    file=context.file,
+                    line=line,
+                    statement=hit.statement,
+                    rule=rule,
+                    path=context.path,
+                )
+            )
     return found

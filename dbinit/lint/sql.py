@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbinit.errors import ConfigurationError, DbinitError
@@ -34,6 +37,60 @@ class RevisionSQL:
     #: What it was rendered from: the heads it comes after (empty for a root).
     starting_from: tuple[str, ...]
     sql: str
+    #: Where each piece of ``sql`` came from, in order (see :class:`SourceWrite`).
+    writes: tuple[SourceWrite, ...] = ()
+
+    def source_of(self, offset: int) -> SourceWrite | None:
+        """The write that holds ``offset`` of :attr:`sql`."""
+        found = None
+        for write in self.writes:
+            if write.offset > offset:
+                break
+            found = write
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceWrite:
+    """One piece of the rendered SQL as Alembic wrote it, and the revision's code that caused it."""
+
+    offset: int
+    #: The line of the revision file running when it was written (None: not the revision's code,
+    #: e.g. Alembic's own BEGIN or the version-table update).
+    line: int | None
+    #: Written by ``op.get_context().autocommit_block()`` itself (its COMMIT / BEGIN).
+    autocommit_block: bool
+
+
+class _RecordingBuffer(io.StringIO):
+    """Alembic's output buffer: remembers, per write, the line of the revision file that caused it."""
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__()
+        self._file = os.path.realpath(path) if path is not None else None
+        self._known: dict[str, bool] = {}
+        self.writes: list[SourceWrite] = []
+
+    def _is_revision(self, filename: str) -> bool:
+        if filename not in self._known:
+            self._known[filename] = os.path.realpath(filename) == self._file
+        return self._known[filename]
+
+    def write(self, text: str) -> int:
+        line = None
+        autocommit_block = False
+        if self._file is not None:
+            frame = sys._getframe(1)
+            while frame is not None:
+                code = frame.f_code
+                if code.co_name == "autocommit_block":
+                    autocommit_block = True
+                if self._is_revision(code.co_filename):
+                    line = frame.f_lineno
+                    break
+                frame = frame.f_back  # type: ignore[assignment]
+        self.writes.append(SourceWrite(self.tell(), line, autocommit_block))
+        return super().write(text)
 
 
 def starting_heads(scripts: MigrationScripts, revision: str) -> tuple[str, ...]:
@@ -92,7 +149,7 @@ def render_revision(
     from dbinit.logbridge import alembic_logging
     from dbinit.logs import get_logger
 
-    buffer = io.StringIO()
+    buffer = _RecordingBuffer(scripts.graph.revisions[revision].path)
     config = alembic_config(settings, scripts, stdout=buffer)
     script = ScriptDirectory.from_config(config)
     start = starting_heads(scripts, revision)
@@ -119,4 +176,5 @@ def render_revision(
         file=scripts.graph.revisions[revision].file,
         starting_from=start,
         sql=buffer.getvalue(),
+        writes=tuple(buffer.writes),
     )

@@ -74,6 +74,8 @@ class BaseCommand:
     command_name = "command"
     #: Commands that print a report offer ``--format text|json``.
     has_format = False
+    #: The ``--format`` choices of a command that has one.
+    formats: tuple[str, ...] = ("text", "json")
     #: Commands that never read dbinit's settings (nor touch a database, nor load
     #: plugins) set this False: no settings flags, no settings loaded, so that a
     #: stray or production environment cannot make them fail.
@@ -107,7 +109,7 @@ class BaseCommand:
         if self.has_format:
             parser.add_argument(
                 "--format",
-                choices=("text", "json"),
+                choices=self.formats,
                 default="text",
                 help="output format (default: text)",
             )
