@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from dbinit.plugins.checks import CHECK_COMMAND_CHECKS
+from dbinit.plugins.lint import lint_findings
 
 from dbinit.checks import Level, select_checks
 from dbinit.errors import ConfigurationError, ExitCode
@@ -44,6 +45,7 @@ class Command(BaseCommand):
         checks = (
             *self.registry.checks(self.settings),
             *(dataclasses.replace(c, plugin="dbinit.plugins.checks") for c in CHECK_COMMAND_CHECKS),
+            dataclasses.replace(lint_findings, plugin="dbinit.plugins.lint"),
         )
         known_tags = sorted({t for c in checks for t in c.tags})
         unknown = [t for t in options["tag"] if t not in known_tags]
@@ -53,6 +55,13 @@ class Command(BaseCommand):
                 hint=f"Known tags: {', '.join(known_tags)}",
             )
         selected = select_checks(checks, options["tag"])
+        if "lint" in options["tag"]:
+            from dbinit.commands.lint import require_pglast
+
+            require_pglast()  # asked for by name: exit 2 with the extra to install
+        elif not options["list"]:
+            # lint reads (and renders) every revision: only when asked for, `--tag lint`
+            selected = [c for c in selected if c.id != lint_findings.id]
         if options["list"]:
             if options["format"] == "json":
                 self.write_json(
@@ -76,7 +85,7 @@ class Command(BaseCommand):
             return 0
         log = self.log.bind(tags=options["tag"]) if options["tag"] else self.log
         scripts: MigrationScripts | None = None
-        if any(c.id in {p.id for p in CHECK_COMMAND_CHECKS} for c in selected):
+        if any(c.id in {p.id for p in (*CHECK_COMMAND_CHECKS, lint_findings)} for c in selected):
             scripts = read_scripts(self.settings)
             revision_phases(scripts)  # a wrong dbinit_phase is exit 2, not a failed check
         report = self.run(
