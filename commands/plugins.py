@@ -40,6 +40,7 @@ class PluginRow:
     checks: tuple[str, ...]
     strategies: tuple[str, ...]
     commands: tuple[str, ...]
+    lint_rules: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class PluginRow:
             "checks": list(self.checks),
             "strategies": list(self.strategies),
             "commands": list(self.commands),
+            "lint_rules": list(self.lint_rules),
         }
 
 
@@ -73,8 +75,8 @@ def plugin_version(info: PluginInfo) -> str | None:
 
 class Command(BaseCommand):
     help = (
-        "List the loaded plugins: version, hooks, and the checks, strategies and commands each "
-        "contributes."
+        "List the loaded plugins: version, hooks, and the checks, strategies, commands and lint rules "
+        "each contributes."
     )
     has_format = True
 
@@ -83,6 +85,7 @@ class Command(BaseCommand):
         checks = registry.checks(self.settings)
         strategies = registry.strategies(self.settings)
         commands = registry.commands(self.settings)
+        lint_rules = registry.lint_rules(self.settings)
         rows: list[PluginRow] = []
         for info in registry.plugins:
             plugin = registry.pm.get_plugin(info.name)
@@ -100,6 +103,7 @@ class Command(BaseCommand):
                     checks=tuple(c.id for c in checks if c.plugin == info.name),
                     strategies=tuple(s for s, v in strategies.items() if v.plugin == info.name),
                     commands=tuple(n for n, (p, _) in commands.items() if p == info.name),
+                    lint_rules=tuple(r.id for r in lint_rules if r.plugin == info.name),
                 )
             )
         return rows
@@ -114,7 +118,7 @@ class Command(BaseCommand):
             version = f" {row.version}" if row.version else ""
             self.stdout.write(f"{row.info.name}{version}  ({origin})")
             self.stdout.write(f"    hooks: {', '.join(h.shown() for h in row.hooks) or '-'}")
-            for key in ("checks", "strategies", "commands"):
+            for key in ("checks", "strategies", "commands", "lint_rules"):
                 values: tuple[str, ...] = getattr(row, key)
                 if values:
                     self.stdout.write(f"    {key}: {', '.join(values)}")

@@ -98,6 +98,10 @@ def test_dbinit_lint_rules_a_plugin_rule_finds_suppresses_and_lists(project: Pat
     assert rules["acme.L900"]["plugin"] == "acme_lint"
     assert rules["dbinit.L001"]["plugin"] == "dbinit.plugins.lint"
     assert list(rules).index("dbinit.L001") < list(rules).index("acme.L900")  # dbinit's own first
+    plugins = run_dbinit("plugins", "--format", "json", cwd=project, DATABASE_URL=UNREACHABLE, **env)
+    contributed = {p["name"]: p["lint_rules"] for p in json.loads(plugins.stdout)}
+    assert contributed["acme_lint"] == ["acme.L900"]
+    assert "dbinit.L021" in contributed["dbinit.plugins.lint"]
 
 
 def test_dbinit_lint_rules_a_duplicate_id_is_exit_2_naming_the_plugin(project: Path, tmp_path: Path) -> None:
