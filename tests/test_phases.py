@@ -9,6 +9,8 @@ what ``showmigrations``, ``check`` and ``migrate`` do with them.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,26 +75,29 @@ CORPUS: dict[str, tuple[str, str, str]] = {
         't = op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))\n'
         'op.bulk_insert(t, [{"id": 1}])', "expand", "op.create_table('tags', …)"),
     "execute_update": ('op.execute("UPDATE orders SET status = \'new\' WHERE status IS NULL")', "expand",
-                       "op.execute(\"UPDATE orders SET status = '' WHERE status IS NULL\")"),
+                       "op.execute(\"UPDATE orders SET status = 'new' WHERE status IS NULL\")"),
     "execute_drop_column": ('op.execute("ALTER TABLE orders DROP COLUMN status")', "contract",
-                            "op.execute('ALTER TABLE orders DROP COLUMN status'): ALTER ... DROP"),
+                            "op.execute('ALTER TABLE orders DROP COLUMN status'): DROP COLUMN status: "
+                            "the previous release still reads it"),
     "execute_text_set_not_null": (
         'op.execute(sa.text("ALTER TABLE orders ALTER COLUMN status SET NOT NULL"))', "contract",
-        "op.execute('ALTER TABLE orders ALTER COLUMN status SET NOT NULL'): SET NOT NULL"),
+        "op.execute('ALTER TABLE orders ALTER COLUMN status SET NOT NULL'): ALTER COLUMN status SET NOT "
+        "NULL: scans the table; old inserts of NULL fail"),
     "execute_keywords_in_strings_and_comments": (
         'op.execute("""\n-- DROP TABLE orders;\nINSERT INTO notes VALUES (\'drop table; x\');\n'
         '/* ALTER TABLE orders DROP COLUMN a; */ UPDATE notes SET a = 1\n""")',
-        "expand", "op.execute(\"INSERT INTO notes VALUES (''); UPDATE notes SET a = 1\")"),
+        "expand", "op.execute(\"INSERT INTO notes VALUES ('drop table; x'); UPDATE notes SE…\")"),
     "execute_dollar_quoted_function": (
         'op.execute("CREATE FUNCTION f() RETURNS void AS $body$ DROP TABLE x; $body$ LANGUAGE sql")',
-        "expand", "op.execute('CREATE FUNCTION f() RETURNS void AS $$ LANGUAGE sql')"),
+        "expand", "op.execute('CREATE FUNCTION f() RETURNS void AS $body$ DROP TABLE x; $b…')"),
     "execute_two_statements_one_drop": (
         'op.execute("CREATE TABLE a (id int); DROP TABLE b")', "contract",
-        "op.execute('DROP TABLE b'): DROP TABLE"),
+        "op.execute('DROP TABLE b'): DROP TABLE: the previous release may still use it"),
     "execute_do_block": ('op.execute("DO $$ BEGIN DROP TABLE x; END $$")', "contract",
-                         "op.execute('DO $$'): cannot be classified: DO"),
+                         "op.execute('DO $$ BEGIN DROP TABLE x; END $$'): DO block: its code cannot be "
+                         "classified"),
     "execute_truncate": ('op.execute("TRUNCATE orders")', "contract",
-                         "op.execute('TRUNCATE orders'): TRUNCATE"),
+                         "op.execute('TRUNCATE orders'): TRUNCATE: removes every row"),
     "execute_non_literal": ('sql = "DROP TABLE " + "orders"\nop.execute(sql)', "contract",
                             "cannot be classified: op.execute(<non-literal>)"),
     "batch_drop_column": (
@@ -307,3 +312,24 @@ def test_check_silences_w010(project: Path) -> None:
                         DBINIT_SILENCED_CHECKS="dbinit.W010")
     assert result.returncode == 0, result.output
     assert "System check identified no issues (1 silenced)." in result.stdout
+
+
+def test_without_pglast_raw_sql_gets_the_same_phases_from_the_tokenizer() -> None:
+    """The parser decides raw SQL's phase when the lint extra is installed; without it, the same phases."""
+    shapes = {name: (body, phase) for name, (body, phase, _) in CORPUS.items() if name.startswith("execute_")}
+    code = (
+        "import ast, json, sys\n"
+        "sys.modules['pglast'] = None  # as if the lint extra were not installed\n"
+        "from dbinit.revisions.phases import _classify_execute\n"
+        "shapes = json.loads(sys.argv[1])\n"
+        "def call(body):\n"
+        "    return next(n for n in ast.walk(ast.parse(body)) if isinstance(n, ast.Call)\n"
+        "                and getattr(n.func, 'attr', '') == 'execute')\n"
+        "found = {n: _classify_execute('op.execute', call(b)).phase for n, (b, _) in shapes.items()}\n"
+        "print(json.dumps(found))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(shapes)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {name: phase for name, (_, phase) in shapes.items()}

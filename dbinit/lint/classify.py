@@ -365,6 +365,12 @@ def _classify(stmt: Any) -> _Facts:
         facts.expand("creates a trigger")
     elif isinstance(stmt, ast.VariableSetStmt):
         facts = _Facts("SET", setting=str(stmt.name or "").lower() or None)
+    elif isinstance(stmt, ast.DoStmt):
+        facts = _Facts("DO")
+        facts.contract("DO block: its code cannot be classified")
+    elif isinstance(stmt, ast.GrantStmt) and not stmt.is_grant:
+        facts = _Facts("REVOKE")
+        facts.contract("REVOKE: the previous release may need the privilege")
     else:
         name = type(stmt).__name__.removesuffix("Stmt")
         facts = _Facts(name)

@@ -397,10 +397,18 @@ def _classify_alter_column(shown: str, call: ast.Call) -> _Classified:
 
 
 def _classify_execute(callee: str, call: ast.Call) -> _Classified:
-    """``op.execute("SQL")`` or ``op.execute(sa.text("SQL"))``: classified by its statements."""
+    """``op.execute("SQL")`` or ``op.execute(sa.text("SQL"))``: classified by its statements.
+
+    With PostgreSQL's parser installed (the ``lint`` extra), by the same
+    classification as ``dbinit lint`` (:mod:`dbinit.lint.classify`); without
+    it, by a small tokenizer that errs towards contract.
+    """
     sql = _sql_literal(call.args[0]) if call.args else None
     if sql is None:
         return _Classified("contract", f"cannot be classified: {callee}(<non-literal>)", call.lineno)
+    parsed = _parsed_phase(callee, sql, call.lineno)
+    if parsed is not None:
+        return parsed
     statements = split_sql(sql)
     for statement in statements:
         phase, why = classify_sql(statement)
@@ -408,6 +416,24 @@ def _classify_execute(callee: str, call: ast.Call) -> _Classified:
             return _Classified("contract", f"{callee}({_short(statement)!r}): {why}", call.lineno)
     # shown without comments and string contents, as classified
     return _Classified("expand", f"{callee}({_short('; '.join(statements))!r})", call.lineno)
+
+
+def _parsed_phase(callee: str, sql: str, line: int) -> _Classified | None:
+    """The phase of ``sql`` by PostgreSQL's parser; None when pglast is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pglast") is None:
+        return None
+    from dbinit.lint.classify import classify_sql as parse_and_classify
+
+    statements = parse_and_classify(sql)
+    for statement in statements:
+        if statement.parse_error is not None:
+            return _Classified("contract", f"cannot be classified: {callee}({_short(statement.sql)!r})", line)
+        if statement.phase == "contract":
+            why = statement.reasons[0] if statement.reasons else statement.kind
+            return _Classified("contract", f"{callee}({_short(statement.sql)!r}): {why}", line)
+    return _Classified("expand", f"{callee}({_short('; '.join(s.sql for s in statements))!r})", line)
 
 
 def _sql_literal(node: ast.expr) -> str | None:
