@@ -282,11 +282,11 @@ def test_check_list_needs_no_database(project: Path) -> None:
     listed = run_dbinit("check", "--list", cwd=project, DATABASE_URL=UNREACHABLE)
     assert listed.returncode == 0, listed.output
     lines = listed.stdout.splitlines()
-    # dbinit.W010 only in `dbinit check`: verify never reads every file for the phases
-    assert [line.split()[0] for line in lines] == [*IDS, "dbinit.W010"]
+    # dbinit.W010 and the lint check only in `dbinit check`: verify never reads every file
+    assert [line.split()[0] for line in lines] == [*IDS, "dbinit.W010", "dbinit.L000"]
     for line, name in zip(lines, ["migrations_present", "database_not_empty", "alembic_table_present",
                                   "current_revision_known", "current_revision_is_head",
-                                  "single_head", "contract_revisions"], strict=True):
+                                  "single_head", "contract_revisions", "lint"], strict=True):
         assert f"  {name}  " in line
 
     as_json = run_dbinit("check", "--list", "--tag", "database", "--format", "json", cwd=project,

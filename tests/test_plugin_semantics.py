@@ -246,6 +246,7 @@ def test_dbinit_checks_order_wrappers_and_failures(
         ("p_last.C001", "p_last"),
         ("p_wrap.C001", "p_wrap"),
         ("dbinit.W010", "dbinit.plugins.checks"),  # `dbinit check`'s own, after every plugin's
+        ("dbinit.L000", "dbinit.plugins.lint"),
     ]
     ran = run_dbinit(
         "check", "--tag", "sem", "--format", "json", cwd=project, DATABASE_URL=sqlite_database.url, **env
