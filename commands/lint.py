@@ -60,6 +60,15 @@ class Command(BaseCommand):
             metavar="REV",
             help="only the revisions after REV (as `migrate --sql --from REV` renders them)",
         )
+        parser.add_argument(
+            "--measure",
+            nargs="?",
+            const="",
+            metavar="DATABASE_URL",
+            help="apply the pending revisions to a scratch copy of this database's schema (made on its "
+            "server, then dropped; the database itself is only read) and report the locks each statement "
+            "held and whether a concurrent reader and writer were blocked; without a URL: DATABASE_URL",
+        )
 
     def handle(self, **options: Any) -> int:
         try:
@@ -71,6 +80,18 @@ class Command(BaseCommand):
                 "dbinit lint needs PostgreSQL's parser (pglast), which is not installed",
                 hint=INSTALL_HINT,
             ) from None
+        if options["measure"] is not None:
+            from dbinit.lint.measure import measure, measure_settings
+
+            target = measure_settings(self.settings, options["measure"], self.redactor)
+            measured = self.run(lambda _: measure(target, read_scripts(target), options["from_revision"],
+                                                  self.registry.migration_contexts(target), self.log))
+            if options["format"] == "json":
+                self.write_json({"service": self.settings.service, **measured.as_json()})
+            else:
+                for line in measured.lines(self.settings.service):
+                    self.stdout.write(line)
+            return measured.exit_code
         report = lint(
             self.settings,
             read_scripts(self.settings),
