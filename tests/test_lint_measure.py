@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from tests.plugins.databases import (  # noqa: E402
     clean_env,
     run_dbinit,
 )
-from tests.plugins.faults import assert_no_password  # noqa: E402
+from tests.plugins.faults import Spawner, assert_no_password, eventually  # noqa: E402
+
+pytest_plugins = ["tests.plugins.faults"]  # spawn
 
 HEAD = "8d3f6b2a9c11"  # the example's head: the target's current revision
 PENDING = [
@@ -249,13 +252,32 @@ def test_a_failing_revision_is_named_with_postgresql_s_message_and_exit_5(
     assert_no_password(result.output + text.output)
 
 
+def test_sigterm_while_measuring_drops_the_scratch_database(
+    target: Target, tmp_path: Path, spawn: Spawner
+) -> None:
+    project = copy_example(tmp_path, "slow")
+    add_revision(project, "s1", HEAD, 'op.execute("SELECT pg_sleep(60)")')
+    process = spawn("lint", "--measure", target.url, cwd=project)
+    running = (
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE query = 'SELECT pg_sleep(60)' AND datname LIKE 'dbinit_measure_%'"
+    )
+    eventually(lambda: target.db.sql(running), within=30, what="the revision runs on the scratch copy")
+    assert len(scratch_databases(target.db)) == 1
+    process.send(signal.SIGTERM)
+    result = process.finish(within=20)
+    assert result.returncode == 143, result.output
+    assert "scratch database dropped" in result.stderr
+    assert scratch_databases(target.db) == set()
+    assert snapshot(target.db) == target.snapshot
+
 def test_nothing_pending_makes_no_scratch_database(target: Target, tmp_path: Path) -> None:
     result = measure(copy_example(tmp_path, "at-head"), target.url, "--format", "json")
     assert result.returncode == 0, result.output
     document = json.loads(result.stdout)
     assert (document["revisions"], document["scratch_database"]) == ([], None)
-    text = measure(copy_example(tmp_path, "at-head-text"), target.url)
-    assert f"nothing pending on {target.db.parsed.display_name} (at {HEAD})" in text.stdout
+    assert document["current_revisions"] == [HEAD]
+    assert "scratch database created" not in result.stderr
 
 
 def test_a_role_without_createdb_exits_3_naming_the_alter_role(target: Target) -> None:

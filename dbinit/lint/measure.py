@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dbinit.database import sql_identifier, sql_literal
-from dbinit.errors import ConfigurationError, DatabaseUnreachable, NotReady
+from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError, NotReady
 from dbinit.lint.classify import LOCK_ORDER, LockLevel, StatementFacts, classify_sql
 from dbinit.sessions import session_name
 
@@ -200,7 +200,7 @@ class HeldLock:
         return _rounded(dataclasses.asdict(self))
 
     def line(self) -> str:
-        new = " (created by it)" if self.created else ""
+        new = " (created by this transaction)" if self.created else ""
         by = f"statement {self.taken_by}" if self.taken_by is not None else "the version-table bookkeeping"
         held = f"{self.held_ms:.1f} ms until {self.until}"
         return f"{self.mode} on {self.kind} {self.relation}{new}: from {by}, {held}"
@@ -433,15 +433,24 @@ async def _create_scratch(admin: asyncpg.Connection, name: str) -> None:
 
 
 async def _drop_scratch(target: DatabaseURL, name: str, application_name: str, timeout: float) -> None:
+    """Drop the scratch database (its sessions ended first, PostgreSQL 13+: ``WITH (FORCE)``)."""
+    import asyncpg
+
     from dbinit.database import connect_session
 
-    admin = await connect_session(target, application_name, timeout)
+    drop = f"DROP DATABASE IF EXISTS {sql_identifier(name)}"
     try:
-        force = int(await admin.fetchval("SHOW server_version_num")) >= 130000
-        drop = f"DROP DATABASE IF EXISTS {sql_identifier(name)}"
-        await admin.execute(drop + (" WITH (FORCE)" if force else ""))
-    finally:
-        await admin.close(timeout=2)
+        admin = await connect_session(target, application_name, timeout)
+        try:
+            force = int(await admin.fetchval("SHOW server_version_num")) >= 130000
+            await admin.execute(drop + (" WITH (FORCE)" if force else ""))
+        finally:
+            await admin.close(timeout=2)
+    except (DbinitError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnreachable(
+            f"could not drop the scratch database {name}: {getattr(exc, 'message', None) or exc}",
+            hint=f"Drop it yourself on the target's server: {drop}",
+        ) from None
 
 
 def _service_file(url: DatabaseURL) -> str:
