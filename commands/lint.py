@@ -90,6 +90,15 @@ class Command(BaseCommand):
             "[tool.dbinit.lint], else every revision)",
         )
         parser.add_argument(
+            "--measure",
+            nargs="?",
+            const="",
+            metavar="DATABASE_URL",
+            help="apply the pending revisions to a scratch copy of this database's schema (made on its "
+            "server, then dropped; the database itself is only read) and report the locks each statement "
+            "held and whether a concurrent reader and writer were blocked; without a URL: DATABASE_URL",
+        )
+        parser.add_argument(
             "--fail-level",
             dest="fail_level",
             metavar="LEVEL",
@@ -112,6 +121,11 @@ class Command(BaseCommand):
         from dbinit.lint.options import LintSettings
         from dbinit.lint.run import lint
 
+        if options["measure"] is not None:
+            if options["format"] == "sarif":
+                raise ConfigurationError("--measure reports in text or json, not sarif")
+            return self._measure(options)
+
         report = lint(
             self.settings,
             read_scripts(self.settings),
@@ -126,6 +140,26 @@ class Command(BaseCommand):
         if fail_level is not None and worst is not None and worst >= fail_level:
             return ExitCode.NOT_READY
         return ExitCode.OK
+
+    def _measure(self, options: dict[str, Any]) -> int:
+        from dbinit.lint.measure import measure, measure_settings
+
+        target = measure_settings(self.settings, options["measure"], self.redactor)
+        measured = self.run(
+            lambda _: measure(
+                target,
+                read_scripts(target),
+                options["from_revision"],
+                self.registry.migration_contexts(target),
+                self.log,
+            )
+        )
+        if options["format"] == "json":
+            self.write_json({"service": self.settings.service, **measured.as_json()})
+        else:
+            for line in measured.lines(self.settings.service):
+                self.stdout.write(line)
+        return measured.exit_code
 
     def _list_rules(self, rules: tuple[LintRule, ...], output: str) -> int:
         if output == "text":
