@@ -37,7 +37,7 @@ def resolve_settings(
             }.items()
             if v is not None
         }
-        return settings_or_url.model_copy(update=updates) if updates else settings_or_url
+        return settings_or_url.replace(**updates) if updates else settings_or_url
     return load_settings(
         database_url=settings_or_url,
         service_name=service_name,
@@ -95,7 +95,7 @@ class DatabaseInitManager:
 
         settings = self.settings
         if self.force_recreate and not settings.force_recreate:
-            settings = settings.model_copy(update={"force_recreate": True})
+            settings = settings.replace(force_recreate=True)
         return await migrate(settings, registry, self.log)
 
 

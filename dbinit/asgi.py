@@ -289,7 +289,7 @@ class DatabaseGate:
 
         overrides = {k: v for k, v in self._overrides.items() if v is not None}
         if self._given_settings is not None:
-            settings = self._given_settings.model_copy(update=overrides)
+            settings = self._given_settings.replace(**overrides)
         else:
             settings = load_settings(**overrides)
         # parses the URL (a malformed one fails here, as a configuration error)

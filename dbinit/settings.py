@@ -217,6 +217,24 @@ class Settings(BaseSettings):
     #: Which setting the URL came from, for error messages.
     _url_setting: str = PrivateAttr("DATABASE_URL")
 
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (field names), validated as settings are and with its URL re-parsed.
+
+        Not ``model_copy(update=...)``: that validates nothing and keeps the
+        original's parsed :attr:`url`, so a copy given another database URL
+        would still name the first database.
+        """
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        try:
+            updated = type(self).model_validate(values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc), hint=_hint(exc)) from None
+        if "database_url" not in changes:
+            updated._url_setting = self._url_setting
+        _ = updated.url  # a malformed URL is a configuration error here, not later
+        return updated
+
     @functools.cached_property
     def url(self) -> DatabaseURL:
         """The parsed ``DATABASE_URL`` (validated by :func:`load_settings`)."""
@@ -372,7 +390,7 @@ def _with_url_from_file(settings: Settings, url_file: Path) -> Settings:
             f"DATABASE_URL_FILE {shown!r} is empty",
             hint="The file must hold the database URL",
         )
-    updated = settings.model_copy(update={"database_url": text})
+    updated = settings.model_copy(update={"database_url": text})  # not yet parsed: url not cached
     updated._url_setting = "DATABASE_URL_FILE"
     return updated
 

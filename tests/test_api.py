@@ -51,3 +51,25 @@ def test_manager_verify_only_ignores_force_recreate(
     report = asyncio.run(manager.initialize())
     assert report.as_dict()["action"] == "verified"
     assert database.sql("SELECT name FROM products") == [("baguette",)]
+
+
+def test_settings_given_with_overrides_use_the_overrides(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Settings object whose URL was already parsed, handed over with another URL: the other is used."""
+    from dbinit.api import resolve_settings
+    from dbinit.errors import ConfigurationError
+    from dbinit.settings import load_settings
+
+    monkeypatch.chdir(project)
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    settings = load_settings(database_url=f"sqlite:///{first}", service_name="orders")
+    assert settings.url.database == str(first)  # parsed (and cached) once
+    resolved = resolve_settings(settings, service_name="billing", database_url=f"sqlite:///{second}")
+    manager = dbinit.DatabaseInitManager(resolved, verify_only=False)
+    assert manager.settings.service == "billing"
+    asyncio.run(manager.initialize())
+    assert second.exists() and not first.exists()
+    # an override is validated as the setting would be, never taken as is
+    with pytest.raises(ConfigurationError, match="DBINIT_LOCK_TIMEOUT"):
+        resolve_settings(settings, lock_timeout=-5)

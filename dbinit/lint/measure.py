@@ -386,8 +386,7 @@ def measure_settings(settings: Settings, given: str, redactor: Redactor) -> Sett
     else:
         url = DatabaseURL.parse(given, setting="--measure")
         redactor.add(url.password)
-        target = settings.model_copy(update={"database_url": given})
-        target.__dict__.pop("url", None)  # the copy would keep the original's parsed URL (cached)
+        target = settings.replace(database_url=given)
     url = target.url
     redactor.add(url.password)
     redactor.add(url.params.get("sslpassword"))
