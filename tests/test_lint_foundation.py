@@ -267,3 +267,12 @@ def test_sql_postgresql_cannot_parse_is_kept_and_said() -> None:
     assert kinds == [(1, "CREATE TABLE"), (2, "UNPARSED"), (3, "DROP TABLE")]
     assert statements[1].parse_error is not None
     assert statements[1].sql == "PRAGMA foreign_keys = ON"
+
+
+def test_each_statement_knows_which_transaction_block_it_is_in() -> None:
+    sql = (
+        "BEGIN; CREATE INDEX a ON t (x); COMMIT; BEGIN; CREATE INDEX b ON t (y); COMMIT; "
+        "CREATE INDEX CONCURRENTLY c ON t (z)"
+    )
+    found = [(s.in_transaction, s.transaction) for s in classify_sql(sql)]
+    assert found == [(True, 1), (True, 2), (False, None)]

@@ -84,6 +84,8 @@ class StatementFacts:
     dropped_columns: tuple[str, ...] = ()
     #: Inside an explicit transaction block of the rendered SQL (BEGIN ... COMMIT).
     in_transaction: bool = False
+    #: Which one: 1 for the SQL's first BEGIN ... COMMIT block, 2 for the next; None outside.
+    transaction: int | None = None
     #: PostgreSQL's parser refused it (SQLite SQL, say): the message; nothing else is known.
     parse_error: str | None = None
     #: Where it starts in the rendered SQL (characters).
@@ -418,10 +420,12 @@ def classify(sql: str, ignore_tables: Iterable[str] = ()) -> ClassifiedSQL:
     result: list[StatementFacts] = []
     control: list[TransactionControl] = []
     in_transaction = False
+    blocks = 0
     for text, offset, stmt, error in _parsed(sql):
         if isinstance(stmt, ast.TransactionStmt):
             kind = str(getattr(stmt.kind, "name", "")).removeprefix("TRANS_STMT_")
             in_transaction = kind in ("BEGIN", "START")
+            blocks += 1 if in_transaction else 0
             control.append(TransactionControl(kind, text, offset))
             continue
         if error is not None:
@@ -445,6 +449,7 @@ def classify(sql: str, ignore_tables: Iterable[str] = ()) -> ClassifiedSQL:
                 concurrently=facts.concurrently,
                 dropped_columns=tuple(facts.dropped_columns),
                 in_transaction=in_transaction,
+                transaction=blocks if in_transaction else None,
                 parse_error=error,
                 offset=offset,
                 required_columns=tuple(facts.required_columns),

@@ -597,6 +597,8 @@ class _Transaction:
     """A revision's open transaction on the scratch copy, as dbinit follows it."""
 
     handle: Any
+    #: Which BEGIN ... COMMIT block of the rendered SQL (:attr:`StatementFacts.transaction`).
+    block: int | None
     #: (oid, mode) -> the relation, and which statement (index in ``durations``) took it.
     taken: dict[LockKey, tuple[_Relation, int | None, str, int]] = dataclasses.field(default_factory=dict)
     durations: list[float] = dataclasses.field(default_factory=list)
@@ -717,10 +719,13 @@ class _Measurer:
                 position += 1
             where = None if bookkeeping else position
             if facts.in_transaction:
+                if transaction is not None and transaction.block != facts.transaction:
+                    held.extend(await self.commit(transaction))  # COMMIT; BEGIN between: a new one
+                    transaction = None
                 if transaction is None:
                     handle = self.migration.transaction()
                     await handle.start()
-                    transaction = _Transaction(handle)
+                    transaction = _Transaction(handle, facts.transaction)
                 outcome, pause = await self.in_transaction(transaction, facts, where, bookkeeping)
             else:
                 if transaction is not None:
