@@ -60,11 +60,14 @@ LOCK_TIMEOUT = "op.execute(\"SET lock_timeout = '5s'\")"
 CONTRACT = ('dbinit_phase = "contract"', f'dbinit_compatible_since = "{BASE}"')
 EXPAND = ('dbinit_phase = "expand"',)
 AUTOCOMMIT = "with op.get_context().autocommit_block():"
-#: SET NOT NULL without a long lock: a NOT VALID check first, validated (no ACCESS EXCLUSIVE scan).
-RECIPE = (
-    'op.execute("ALTER TABLE orders ADD CONSTRAINT orders_status_nn CHECK (status IS NOT NULL) NOT VALID")\n'
-    'op.execute("ALTER TABLE orders VALIDATE CONSTRAINT orders_status_nn")'
+#: SET NOT NULL without a long lock: a NOT VALID check first, then validated (a scan that lets
+#: writes go on), then SET NOT NULL uses the check instead of scanning.
+NOT_VALID_CHECK = (
+    'op.execute("ALTER TABLE orders ADD CONSTRAINT orders_status_nn CHECK (status IS NOT NULL) NOT VALID")'
 )
+VALIDATE_CHECK = 'op.execute("ALTER TABLE orders VALIDATE CONSTRAINT orders_status_nn")'
+SET_NOT_NULL = 'op.alter_column("orders", "status", nullable=False, existing_type=sa.String(20))'
+
 #: A table a shape creates (so it is empty: index, type change, constraint need no care).
 NEW_TABLE = (
     'op.create_table("invoices", sa.Column("id", sa.BigInteger(), primary_key=True), '
@@ -175,10 +178,7 @@ SHAPES: tuple[Shape, ...] = (
     ),
     shape("add_nullable", 'op.add_column("orders", sa.Column("region", sa.Text(), nullable=True))'),
     # L008: SET NOT NULL
-    shape(
-        "set_not_null",
-        'op.alter_column("orders", "status", nullable=False, existing_type=sa.String(20))',
-    ),
+    shape("set_not_null", SET_NOT_NULL),
     shape(
         "set_not_null_raw_triple_quoted",
         'op.execute("""\n'
@@ -189,15 +189,14 @@ SHAPES: tuple[Shape, ...] = (
     ),
     shape(
         "set_not_null_check_recipe",
-        f"{RECIPE}\n"
-        'op.alter_column("orders", "status", nullable=False, existing_type=sa.String(20))',
-        about="the NOT VALID + VALIDATE recipe first, in the same revision",
+        f"{NOT_VALID_CHECK}\n{VALIDATE_CHECK}\n{SET_NOT_NULL}",
+        about="the NOT VALID + VALIDATE recipe first, in the same revision (one transaction)",
     ),
     shape(
         "set_not_null_recipe_earlier_revision",
-        RECIPE,
-        'op.alter_column("orders", "status", nullable=False, existing_type=sa.String(20))',
-        about="the recipe in r1, SET NOT NULL in r2",
+        NOT_VALID_CHECK,
+        f"{VALIDATE_CHECK}\n{SET_NOT_NULL}",
+        about="the check NOT VALID in r1; VALIDATE and SET NOT NULL in r2",
     ),
     # L009: CHECK / FOREIGN KEY without NOT VALID
     shape("check_constraint", 'op.create_check_constraint("ck_orders_total", "orders", "total >= 0")'),
@@ -208,8 +207,16 @@ SHAPES: tuple[Shape, ...] = (
     shape(
         "foreign_key_not_valid_then_validate",
         'op.execute("ALTER TABLE orders ADD CONSTRAINT fk_orders_customer FOREIGN KEY (customer_id) '
+        'REFERENCES customers (id) NOT VALID")',
+        'op.execute("ALTER TABLE orders VALIDATE CONSTRAINT fk_orders_customer")',
+        about="NOT VALID in r1, VALIDATE in r2 (its own transaction)",
+    ),
+    shape(
+        "foreign_key_not_valid_validate_same_revision",
+        'op.execute("ALTER TABLE orders ADD CONSTRAINT fk_orders_customer FOREIGN KEY (customer_id) '
         'REFERENCES customers (id) NOT VALID")\n'
         'op.execute("ALTER TABLE orders VALIDATE CONSTRAINT fk_orders_customer")',
+        about="NOT VALID and VALIDATE in one transaction",
     ),
     shape(
         "check_constraint_new_table",
@@ -434,6 +441,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "check_constraint": ("dbinit.L009",),
     "foreign_key": ("dbinit.L009",),
     "foreign_key_not_valid_then_validate": (),
+    "foreign_key_not_valid_validate_same_revision": (),
     "check_constraint_new_table": (),
     "no_lock_timeout": ("dbinit.L010",),
     "no_lock_timeout_one_per_revision": ("dbinit.L010",),
