@@ -70,7 +70,9 @@ def test_each_finding_says_where_and_what_to_do(linted: Linted, name: str) -> No
     shape = BY_NAME[name]
     document = linted(shape)
     files = {r["revision"]: r["file"] for r in document["revisions"]}
-    for finding in shape_findings(document, shape):
+    found = shape_findings(document, shape)
+    assert found, f"no findings on {name}; expected {EXPECTED[name]}"
+    for finding in found:
         where = f"{finding['id']} on {finding.get('revision')}"
         assert finding["revision"] in shape.linted_ids(), where
         assert finding["file"] == files[finding["revision"]], where
