@@ -227,7 +227,7 @@ def upgrade(
     def per_migration(kwargs: dict[str, Any]) -> None:
         # default to one transaction per migration, and add our callback to
         # whatever env.py passes
-        kwargs.setdefault("transaction_per_migration", True)
+        one_transaction_per_migration(kwargs)
         callbacks = alembic_util.to_tuple(kwargs.get("on_version_apply"), default=())
         kwargs["on_version_apply"] = (*callbacks, on_apply)
 
@@ -403,6 +403,15 @@ def _where_stopped(failing: str | None, applied: list[str], *, whole: bool) -> t
             applied[:-1],
         )
     return "stopped before the first migration", applied
+
+
+def one_transaction_per_migration(kwargs: dict[str, Any]) -> None:
+    """``context.configure``'s default in dbinit, online and offline: each revision in its own transaction.
+
+    Unless env.py says otherwise: ``migrate --sql`` then prints the transactions
+    ``migrate`` runs.
+    """
+    kwargs.setdefault("transaction_per_migration", True)
 
 
 def environment_context(
@@ -716,7 +725,8 @@ def offline_sql(
 
     try:
         with alembic_logging(log or get_logger(settings.service)), entered(contexts), environment_context(
-            settings, config, script, steps, as_sql=True, starting_rev=from_revision
+            settings, config, script, steps, as_sql=True, starting_rev=from_revision,
+            adjust=one_transaction_per_migration,
         ):
             script.run_env()
     except CommandError as exc:

@@ -211,3 +211,22 @@ def test_database_ahead_of_this_release(project: Path, database: TestDatabase) -
     assert allowed.returncode == 0, allowed.output
     assert json.loads(allowed.stdout)["action"] == "up_to_date"
     assert database.versions() == {"feedbeef0099"}  # untouched
+
+
+def test_offline_sql_has_the_transactions_migrate_runs(project: Path) -> None:
+    """One BEGIN ... COMMIT per revision, as `migrate` runs them (transaction_per_migration)."""
+    add_revision(project, "t1", HEAD, 'op.add_column("orders", sa.Column("a", sa.Integer()))')
+    add_revision(project, "t2", "t1", 'op.add_column("orders", sa.Column("b", sa.Integer()))')
+    result = run_dbinit("migrate", "--sql", "--from", HEAD, cwd=project, DATABASE_URL=UNREACHABLE)
+    assert result.returncode == 0, result.output
+    lines = [
+        line for line in result.stdout.splitlines() if line in ("BEGIN;", "COMMIT;") or "ADD COLUMN" in line
+    ]
+    assert lines == [
+        "BEGIN;",
+        "ALTER TABLE orders ADD COLUMN a INTEGER;",
+        "COMMIT;",
+        "BEGIN;",
+        "ALTER TABLE orders ADD COLUMN b INTEGER;",
+        "COMMIT;",
+    ]

@@ -125,13 +125,13 @@ def add_required_column(revision: RevisionContext) -> Iterator[Hit]:
 def set_not_null(revision: RevisionContext) -> Iterator[Hit]:
     state = revision.not_null
     for s in revision.statements:
-        state = state.after(s)
+        state = state.after(s, revision.revision)
         tables = revision.large(s)
-        missing = [c for c in s.not_null_columns for t in tables if (bare(t), c.lower()) not in state.checked]
+        missing = [c for c in s.not_null_columns for t in tables if not state.validated((bare(t), c.lower()))]
         if missing:
             yield Hit(
                 f"SET NOT NULL on {', '.join(missing)} of {', '.join(tables)}: ACCESS EXCLUSIVE while the "
-                "whole table is scanned",
+                "whole table is scanned (no validated CHECK (... IS NOT NULL) before it)",
                 s,
             )
 
@@ -154,6 +154,18 @@ def constraint_without_not_valid(revision: RevisionContext) -> Iterator[Hit]:
                 yield Hit(
                     f"ADD CONSTRAINT{named} {label} on {s.tables[0]} without NOT VALID: the table is "
                     "scanned under a lock that blocks writes",
+                    s,
+                )
+    added: dict[str, int | None] = {}  # NOT VALID constraints of this revision -> their transaction
+    for s in revision.statements:
+        for constraint in s.constraints:
+            if constraint.not_valid and constraint.name:
+                added[constraint.name] = s.transaction
+        for name in s.validated:
+            if name in added and added[name] is not None and added[name] == s.transaction:
+                yield Hit(
+                    f"VALIDATE CONSTRAINT {name} in the transaction that added it NOT VALID: the scan runs "
+                    "under the ADD CONSTRAINT's lock, which is held until COMMIT",
                     s,
                 )
 
@@ -223,7 +235,10 @@ def unique_without_index(revision: RevisionContext) -> Iterator[Hit]:
 
 
 def drop_index_without_concurrently(revision: RevisionContext) -> Iterator[Hit]:
+    new = {bare(s.index) for s in revision.statements if s.kind == "CREATE INDEX" and s.index}
     for s in revision.statements:
+        if s.kind == "DROP INDEX" and all(bare(name) in new for name in s.tables):
+            continue  # indexes this revision builds: nothing uses them yet
         if s.kind == "DROP INDEX" and not s.concurrently:
             yield Hit(
                 f"DROP INDEX {', '.join(s.tables)} without CONCURRENTLY: ACCESS EXCLUSIVE on its table", s
@@ -250,8 +265,10 @@ def contract_in_release(revision: RevisionContext) -> Iterator[Hit]:
     if release is None or revision.phase.phase != "contract":
         return
     since = revision.phase.compatible_since
-    if since == revision.revision or since in release.previous:
-        return  # breaks whatever ran before it (L002-L005 say so), or depends on nothing new
+    if since in release.previous:
+        return
+    if since == revision.revision and not revision.declared:
+        return  # an inferred contract: L002-L005 name the statement that breaks older code
     expand = revision.phases.get(since)
     depends = (
         f" (it depends on {since}, an expand of this same release)"
@@ -343,7 +360,7 @@ RULES: tuple[LintRule, ...] = (
         "constraint without NOT VALID",
         constraint_without_not_valid,
         hint="Add it with postgresql_not_valid=True (op.create_check_constraint / "
-        "op.create_foreign_key), then VALIDATE CONSTRAINT in a later statement or revision",
+        "op.create_foreign_key), then VALIDATE CONSTRAINT in a later revision (its own transaction)",
         squawk=("constraint-missing-not-valid", "adding-foreign-key-constraint"),
     ),
     LintRule(

@@ -105,6 +105,8 @@ class StatementFacts:
     validated: tuple[str, ...] = ()
     #: ``SET name = ...``: the setting's name, lower case.
     setting: str | None = None
+    #: ``CREATE INDEX name``: the index's name.
+    index: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -130,6 +132,7 @@ class _Facts:
     constraints: list[AddedConstraint] = dataclasses.field(default_factory=list)
     validated: list[str] = dataclasses.field(default_factory=list)
     setting: str | None = None
+    index: str | None = None
 
     def take(self, lock: LockLevel) -> None:
         if self.lock is None or LOCK_ORDER.index(lock) > LOCK_ORDER.index(self.lock):
@@ -319,6 +322,7 @@ def _classify(stmt: Any) -> _Facts:
         _alter_table(facts, stmt)
     elif isinstance(stmt, ast.IndexStmt):
         facts = _Facts("CREATE INDEX", [_name(stmt.relation)], scans=True, concurrently=stmt.concurrent)
+        facts.index = stmt.idxname
         if stmt.concurrent:
             facts.take("SHARE UPDATE EXCLUSIVE")
             facts.expand("CREATE INDEX CONCURRENTLY: writes go on while it builds")
@@ -459,6 +463,7 @@ def classify(sql: str, ignore_tables: Iterable[str] = ()) -> ClassifiedSQL:
                 constraints=tuple(facts.constraints),
                 validated=tuple(facts.validated),
                 setting=facts.setting,
+                index=facts.index,
             )
         )
     return ClassifiedSQL(tuple(result), tuple(control))

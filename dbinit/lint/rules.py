@@ -116,34 +116,44 @@ class RevisionContext:
         return self.statements[: statement.position - 1]
 
 
+Place = tuple[str, "int | None"]  # (revision, its BEGIN ... COMMIT block)
+
+
 @dataclasses.dataclass(frozen=True)
 class NotNullChecks:
     """``CHECK (column IS NOT NULL)`` constraints seen so far: the SET NOT NULL recipe's first steps.
 
-    PostgreSQL 12+ skips SET NOT NULL's scan when such a check is validated.
+    PostgreSQL 12+ skips SET NOT NULL's scan when such a check is validated (a
+    VALIDATE in the transaction that added the check NOT VALID scans under the
+    ADD CONSTRAINT's lock: ``dbinit.L009`` reports that).
     """
 
-    #: ``(table, column)`` with a validated check.
-    checked: frozenset[tuple[str, str]] = frozenset()
+    #: ``(table, column)`` -> where its check was validated.
+    checked: tuple[tuple[tuple[str, str], Place], ...] = ()
     #: Constraint name -> ``(table, column)``, added NOT VALID and not validated yet.
     pending: tuple[tuple[str, tuple[str, str]], ...] = ()
 
-    def after(self, statement: StatementFacts) -> NotNullChecks:
-        """The state once ``statement`` ran."""
-        checked = set(self.checked)
+    def after(self, statement: StatementFacts, revision: str) -> NotNullChecks:
+        """The state once ``statement`` (of ``revision``) ran."""
+        checked = dict(self.checked)
         pending = dict(self.pending)
+        here: Place = (revision, statement.transaction)
         for constraint in statement.constraints:
             if constraint.not_null_column is None or not statement.tables:
                 continue
             pair = (bare(statement.tables[0]), constraint.not_null_column.lower())
             if not constraint.not_valid:
-                checked.add(pair)
+                checked[pair] = here
             elif constraint.name:
                 pending[constraint.name] = pair
         for name in statement.validated:
             if name in pending:
-                checked.add(pending.pop(name))
-        return NotNullChecks(frozenset(checked), tuple(pending.items()))
+                checked[pending.pop(name)] = here
+        return NotNullChecks(tuple(checked.items()), tuple(pending.items()))
+
+    def validated(self, pair: tuple[str, str]) -> bool:
+        """A validated ``CHECK (column IS NOT NULL)`` on ``pair`` (table, column)."""
+        return pair in dict(self.checked)
 
 
 def bare(table: str) -> str:

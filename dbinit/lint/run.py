@@ -151,7 +151,7 @@ def lint(
         found = apply_rules(context, all_rules)
         found = _suppress(found, source, context, all_rules)
         for statement in statements:
-            not_null = not_null.after(statement)
+            not_null = not_null.after(statement, rendered.revision)
         revisions.append(
             LintedRevision(
                 revision=rendered.revision,
