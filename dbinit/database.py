@@ -14,7 +14,8 @@ import os
 import re
 import socket
 import stat
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dbinit.errors import ConfigurationError, DatabaseUnreachable, DbinitError
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     import asyncpg
 
     from dbinit.urls import DatabaseURL
+
+T = TypeVar("T")
 
 #: A version row longer than this is cut (with "…") in ``current_revision``:
 #: no revision id is that long, and the value reaches logs and probe bodies.
@@ -552,6 +555,19 @@ class PostgresProbe:
             f"permission denied reading the database state: {text}",
             hint=f"{grant} TO {role} (run by the table's owner, e.g. in the migration job)",
         )
+
+    async def ask(self, question: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Ask one more thing on this session, within the probe's query timeout.
+
+        ``wait`` asks who holds the migration lock on its verification's
+        connection, so that a poll costs one connection, not two. A dropped
+        connection or a timeout raises :class:`DatabaseUnreachable`, as
+        :meth:`read_state` does.
+        """
+        try:
+            return await asyncio.wait_for(question(self._connection), self._timeout)
+        except _lost_errors() as exc:
+            raise self._lost(exc) from None
 
     async def close(self) -> None:
         await self._connection.close(timeout=2)

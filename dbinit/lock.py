@@ -35,12 +35,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbinit.database import connect_session
+from dbinit.database import PostgresProbe, connect_session
 from dbinit.errors import DbinitError, LockTimeout
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.database import Probe
     from dbinit.interrupts import RunControl
     from dbinit.operations import Operations
     from dbinit.settings import Settings
@@ -477,10 +478,17 @@ async def _flock(fd: int, settings: Settings, log: FilteringBoundLogger, control
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def current_holder(settings: Settings) -> str | None:
-    """Who holds the migration lock now (None if nobody); for ``wait``'s messages."""
+async def current_holder(settings: Settings, probe: Probe | None = None) -> str | None:
+    """Who holds the migration lock now (None if nobody); for ``wait``'s messages.
+
+    ``probe``: ask on that open session (``wait``'s verification) instead of a
+    connection of its own; a dropped connection then raises
+    :class:`~dbinit.errors.DatabaseUnreachable`.
+    """
     if settings.url.is_sqlite:
         return _sqlite_holder(settings)
+    if isinstance(probe, PostgresProbe):
+        return await probe.ask(lambda connection: _holder_on(connection, settings))
     try:
         connection = await connect_session(
             settings.url, f"dbinit-wait:{settings.service}", settings.connect_timeout
@@ -491,6 +499,10 @@ async def current_holder(settings: Settings) -> str | None:
         return await _holder_of(connection, await _database_lock_key(connection, settings))
     finally:
         await connection.close(timeout=2)
+
+
+async def _holder_on(connection: Any, settings: Settings) -> str | None:
+    return await _holder_of(connection, await _database_lock_key(connection, settings))
 
 
 def _sqlite_holder(settings: Settings) -> str | None:

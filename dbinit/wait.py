@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from dbinit.database import open_probe
 from dbinit.errors import DatabaseUnreachable, NotReady
-from dbinit.facts import read_scripts, read_state
+from dbinit.facts import probe_options, read_scripts, read_state
 from dbinit.lock import current_holder
 from dbinit.verify import verify
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from dbinit.database import DatabaseState, Probe
     from dbinit.pluginmanager import Registry
     from dbinit.report import VerifyReport
+    from dbinit.revisions.scripts import MigrationScripts
     from dbinit.settings import Settings
 
 INITIAL_DELAY = 0.1
@@ -77,14 +81,11 @@ async def wait_until_verified(
     while True:
         attempt += 1
         try:
-            report = await verify(
-                settings, registry, log, scripts=scripts, budget=deadline - time.monotonic()
-            )
+            report, holder = await _poll(settings, registry, log, scripts, deadline - time.monotonic())
             if report.ok:
                 log.info("Database verified: ready", attempt=attempt)
                 return report
             last, hint = report.message, report.hint
-            holder = await current_holder(settings)
             if holder is not None:
                 last = f"migration in progress (held by {holder}); {last}"
         except DatabaseUnreachable as exc:
@@ -102,3 +103,51 @@ async def wait_until_verified(
             retry_in_s=round(delay, 2),
         )
         await asyncio.sleep(delay)
+
+
+async def _poll(
+    settings: Settings,
+    registry: Registry,
+    log: FilteringBoundLogger,
+    scripts: MigrationScripts,
+    budget: float,
+) -> tuple[VerifyReport, str | None]:
+    """One verification and, when not ready, who holds the migration lock: one session.
+
+    A hundred init containers polling at once cost the server a hundred
+    sessions, not two hundred (bench/rollout.py), and each is closed as soon
+    as both answers are in, before the checks run and log.
+    """
+    options = probe_options(settings, "verify", budget=budget, heads=scripts.heads)
+    poll = _PollProbe(await open_probe(settings.url, options), settings, scripts.heads)
+    try:
+        report = await verify(settings, registry, log, scripts=scripts, probe=poll, budget=budget)
+    finally:
+        await poll.close()
+    return report, None if report.ok else poll.holder
+
+
+class _PollProbe:
+    """A probe for one poll: reads the state, then (not at the head yet) asks who holds the
+    migration lock on the same session, and closes it."""
+
+    def __init__(self, probe: Probe, settings: Settings, heads: Sequence[str]) -> None:
+        self._probe: Probe | None = probe
+        self._settings = settings
+        self._heads = sorted(heads)
+        self.holder: str | None = None
+
+    async def read_state(self, *, count_tables: bool = True) -> DatabaseState:
+        assert self._probe is not None, "a poll reads the state once"
+        try:
+            state = await self._probe.read_state(count_tables=count_tables)
+            if sorted(state.versions) != self._heads:
+                self.holder = await current_holder(self._settings, self._probe)
+            return state
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await probe.close()
