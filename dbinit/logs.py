@@ -14,14 +14,17 @@ message is replaced by ``***`` before it is written.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import structlog
-from structlog.typing import FilteringBoundLogger
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 #: The password part of anything URL-shaped (``scheme://user:password@``;
 #: one or two slashes, since path normalisation folds ``//``), and libpq's
@@ -127,12 +130,149 @@ def log_output(
     return LogOutput(resolved, _LEVELS[level.lower()], stream, redactor)
 
 
-class _Lines(structlog.PrintLogger):
-    """The end of dbinit's chain in ``json`` and ``console``: each rendered line on the output's stream."""
+_WRITE_LOCK = threading.Lock()
+
+
+class _Lines:
+    """The end of dbinit's chain in ``json`` and ``console``: each rendered line on the output's stream.
+
+    (What ``structlog.PrintLogger`` does: one ``print`` per line, flushed, under a lock.)
+    """
 
     def __init__(self, output: LogOutput) -> None:
-        super().__init__(output.stream)
         self.output = output
+
+    def msg(self, message: str) -> None:
+        with _WRITE_LOCK:
+            print(message, file=self.output.stream, flush=True)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+#: structlog's level numbers (the stdlib's) and the method each is logged by.
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+                logging.ERROR: "error", logging.CRITICAL: "critical"}
+
+
+def _json_default(value: Any) -> Any:
+    """What structlog's JSONRenderer does with a value json cannot encode: ``__structlog__()``, else repr."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+def _exc_info(value: Any) -> tuple[Any, Any, Any] | None:
+    """An ``exc_info`` field as an exception triple, or None (structlog's rules)."""
+    if isinstance(value, BaseException):
+        return (value.__class__, value, value.__traceback__)
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        return value
+    if value:
+        current = sys.exc_info()
+        return None if current == (None, None, None) else current
+    return None
+
+
+def _format_exception(exc_info: tuple[Any, Any, Any]) -> str:
+    import traceback
+
+    text = "".join(traceback.format_exception(exc_info[0], exc_info[1], exc_info[2]))
+    return text[:-1] if text.endswith("\n") else text
+
+
+class JsonLogger:
+    """dbinit's logger in ``json``: the lines the structlog chain of :func:`make_logger` would write,
+    without importing structlog (whose package imports rich, when installed, on every start).
+
+    The same event dict in the same order (the bound context, the call's fields, ``event``,
+    the application's structlog context variables if it uses structlog, ``level``,
+    ``timestamp``), redacted, one JSON object per line. It has the methods of structlog's
+    ``FilteringBoundLogger`` dbinit and plugins call (``debug`` ... ``critical``, ``exception``,
+    ``log``, ``bind``, ``new``, ``unbind``, ``try_unbind``); levels below ``output.level`` are
+    dropped before any work.
+    """
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, sink: _Lines, context: dict[str, Any]) -> None:
+        self._logger = sink
+        self._context = context
+
+    def bind(self, **values: Any) -> JsonLogger:
+        return JsonLogger(self._logger, {**self._context, **values})
+
+    def new(self, **values: Any) -> JsonLogger:
+        return JsonLogger(self._logger, dict(values))
+
+    def unbind(self, *keys: str) -> JsonLogger:
+        context = dict(self._context)
+        for key in keys:
+            del context[key]
+        return JsonLogger(self._logger, context)
+
+    def try_unbind(self, *keys: str) -> JsonLogger:
+        return JsonLogger(self._logger, {k: v for k, v in self._context.items() if k not in keys})
+
+    def is_enabled_for(self, level: int) -> bool:
+        return level >= self._logger.output.level
+
+    def get_effective_level(self) -> int:
+        return self._logger.output.level
+
+    def _emit(
+        self, level: int, method: str, event: Any, args: tuple[Any, ...], fields: dict[str, Any]
+    ) -> None:
+        if level < self._logger.output.level:
+            return
+        if args:
+            event = event % (args[0] if len(args) == 1 and isinstance(args[0], dict) and args[0] else args)
+        record = {**self._context, **fields}
+        if event is not None:
+            record["event"] = event
+        contextvars = sys.modules.get("structlog.contextvars")
+        if contextvars is not None:  # the application's bound context, as merge_contextvars adds it
+            record = contextvars.merge_contextvars(None, method, record)
+        record["level"] = method
+        record["timestamp"] = _utc_now()
+        redactor = self._logger.output.redactor
+        redactor(None, method, record)
+        if "exc_info" in record:
+            exc_info = _exc_info(record.pop("exc_info"))
+            if exc_info:
+                record["exception"] = _format_exception(exc_info)
+        self._logger.msg(redactor.text(json.dumps(record, default=_json_default)))
+
+    def debug(self, event: Any = None, *args: Any, **fields: Any) -> None:
+        self._emit(logging.DEBUG, "debug", event, args, fields)
+
+    def info(self, event: Any = None, *args: Any, **fields: Any) -> None:
+        self._emit(logging.INFO, "info", event, args, fields)
+
+    def warning(self, event: Any = None, *args: Any, **fields: Any) -> None:
+        self._emit(logging.WARNING, "warning", event, args, fields)
+
+    def error(self, event: Any = None, *args: Any, **fields: Any) -> None:
+        self._emit(logging.ERROR, "error", event, args, fields)
+
+    def critical(self, event: Any = None, *args: Any, **fields: Any) -> None:
+        self._emit(logging.CRITICAL, "critical", event, args, fields)
+
+    def exception(self, event: Any = None, *args: Any, **fields: Any) -> None:
+        fields.setdefault("exc_info", True)
+        self._emit(logging.ERROR, "error", event, args, fields)
+
+    def log(self, level: int, event: Any = None, *args: Any, **fields: Any) -> None:
+        self._emit(level, _LEVEL_NAMES.get(level, "notset"), event, args, fields)
+
+    msg = info
+    warn = warning
+    fatal = critical
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 class _Stdlib:
@@ -202,10 +342,16 @@ def make_logger(service: str, output: LogOutput) -> FilteringBoundLogger:
     """dbinit's logger for ``service``, with its own chain from ``output``: the CLI's, the API's, the gate's.
 
     Nothing global is configured: an application's structlog (or stdlib
-    logging) configuration is neither read nor changed. Every event passes
+    logging) configuration is neither read nor changed. ``json`` (a pod's
+    format) is a :class:`JsonLogger`, which writes the same lines without
+    importing structlog; ``console`` and ``stdlib`` are structlog chains. Every event passes
     the output's :class:`Redactor`, before rendering (its values) and after
     (the whole line, a traceback included).
     """
+    if output.json:
+        return JsonLogger(_Lines(output), {"service": service})  # type: ignore[return-value]
+    import structlog
+
     redactor = output.redactor
     processors: list[Any] = [structlog.contextvars.merge_contextvars]
     sink: _Lines | _Stdlib
@@ -219,10 +365,7 @@ def make_logger(service: str, output: LogOutput) -> FilteringBoundLogger:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redactor,
         ]
-        if output.json:
-            processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-        else:
-            processors.append(structlog.dev.ConsoleRenderer(colors=_isatty(output.stream)))
+        processors.append(structlog.dev.ConsoleRenderer(colors=_isatty(output.stream)))
         processors.append(redactor.rendered)
         sink = _Lines(output)
     logger: FilteringBoundLogger = structlog.wrap_logger(
@@ -237,7 +380,7 @@ def make_logger(service: str, output: LogOutput) -> FilteringBoundLogger:
 def output_of(log: Any) -> LogOutput | None:
     """The output of a logger :func:`make_logger` made (or one bound from it); None for any other logger."""
     sink = getattr(log, "_logger", None)
-    return sink.output if isinstance(sink, _Lines | _Stdlib) else None
+    return sink.output if isinstance(sink, _Lines | _Stdlib) else None  # JsonLogger has _logger too
 
 
 _output: LogOutput | None = None

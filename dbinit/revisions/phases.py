@@ -292,7 +292,8 @@ def _operations(
     """
     visited = visited | {function.name}
     receivers = set(receivers)
-    for node in ast.walk(function):
+    nodes = list(ast.walk(function))  # walked once: the three passes below read the same nodes in order
+    for node in nodes:
         if isinstance(node, (ast.With, ast.AsyncWith)):
             for item in node.items:
                 if _is_op_call(item.context_expr, receivers, "batch_alter_table") and isinstance(
@@ -300,10 +301,10 @@ def _operations(
                 ):
                     receivers.add(item.optional_vars.id)
     statement_calls = {
-        id(node.value) for node in ast.walk(function) if isinstance(node, ast.Expr)
+        id(node.value) for node in nodes if isinstance(node, ast.Expr)
         and isinstance(node.value, (ast.Call, ast.Await))
     }
-    for node in ast.walk(function):
+    for node in nodes:
         if isinstance(node, ast.Await) and id(node) in statement_calls:
             statement_calls.add(id(node.value))
         if not isinstance(node, ast.Call):
