@@ -69,7 +69,6 @@ class State:
         self._alembic: Alembic | None = None
         self._suite: Suite | None = None
         self._databases: Databases | None = None
-        self.collected = False
 
     @property
     def root(self) -> Path:
@@ -190,10 +189,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     config = parent.config
     if not _enabled(config):
         return None
-    state = _state(config)
-    if state.collected or file_path != state.node_path:
+    if file_path != _state(config).node_path:
         return None
-    state.collected = True
     return MigrationsFile.from_parent(parent, path=file_path)
 
 
@@ -205,8 +202,8 @@ def pytest_collection_modifyitems(
     if not _enabled(config):
         return
     state = _state(config)
-    if state.collected:
-        return
+    if any(isinstance(item, MigrationItem) for item in items):
+        return  # collected where pytest found the alembic.ini itself
     whole_suite = config.args_source != pytest.Config.ArgsSource.ARGS
     if not (config.getoption("dbinit_migrations") or whole_suite):
         return
@@ -215,7 +212,6 @@ def pytest_collection_modifyitems(
             f"dbinit: no {state.node_path.name} at {state.node_path.parent} for the migration tests: set the "
             "ini option dbinit_alembic_ini to the project's alembic.ini (relative to the rootdir)"
         )
-    state.collected = True
     node = MigrationsFile.from_parent(session, path=state.node_path)
     report = session.ihook.pytest_make_collect_report(collector=node)
     if report.failed:

@@ -285,5 +285,5 @@ def preload_extensions() -> None:
     import importlib
 
     for name in ("asyncpg", "psycopg", "sqlalchemy", "sqlalchemy.ext.asyncio", "alembic", "aiosqlite",
-                 "greenlet", "pglast", "pytest_alembic", "sqlite3"):
+                 "greenlet", "pglast", "pytest_alembic", "sqlite3", "hypothesis", "xdist"):
         importlib.import_module(name)
