@@ -111,7 +111,8 @@ def test_without_opt_in_nothing_changes(pytester: pytest.Pytester, templates: Pa
     pytester.makepyfile(test_project=PROJECT_TESTS)
     with_plugin = run_inline(pytester)
     without = run_inline(pytester, "-p", "no:dbinit")
-    assert outcomes(with_plugin) == outcomes(without) == {"test_own_fixtures": "passed", "test_plain": "passed"}
+    expected = {"test_own_fixtures": "passed", "test_plain": "passed"}
+    assert outcomes(with_plugin) == outcomes(without) == expected
     collected = pytester.runpytest_inprocess("--co", "-q", "-p", "no:cacheprovider")
     collected.stdout.fnmatch_lines(["2 tests collected*"])
     assert "dbinit" not in collected.stdout.str()
@@ -138,7 +139,8 @@ def test_ini_opt_in_runs_with_the_suite_but_not_with_one_file(
 def test_flag_opt_in_and_the_header(pytester: pytest.Pytester, templates: Path, on_sqlite: None) -> None:
     make_project(pytester.path, templates, [BREAD, CRUST])
     pytester.makepyfile(test_project="def test_plain():\n    assert True\n")
-    assert set(outcomes(run_inline(pytester, "test_project.py", "--dbinit-migrations"))) == ITEMS | {"test_plain"}
+    flagged = run_inline(pytester, "test_project.py", "--dbinit-migrations")
+    assert set(outcomes(flagged)) == ITEMS | {"test_plain"}
     shown = pytester.runpytest_inprocess("--dbinit-migrations", "-p", "no:cacheprovider", "-rs")
     shown.stdout.fnmatch_lines([
         "dbinit: migrations of *alembic.ini; databases: SQLite (asked for)",
@@ -207,8 +209,10 @@ def test_rows_of_many_types_and_a_table_that_takes_none(
             sa.UniqueConstraint("fresh", "baked", "at"),
         )
         op.execute("CREATE TABLE shelf (spot point NOT NULL)")
-    '''), 'op.drop_table("loaf")\nop.drop_table("oven")\nop.drop_table("shelf")\nop.execute("DROP TYPE mood")')
-    grow = Rev("bb02grow", "bb01kinds", 'op.add_column("loaf", sa.Column("weight", sa.Integer, nullable=True))',
+    '''), 'op.drop_table("loaf")\nop.drop_table("oven")\nop.drop_table("shelf")\n'
+       'op.execute("DROP TYPE mood")')
+    grow = Rev("bb02grow", "bb01kinds",
+               'op.add_column("loaf", sa.Column("weight", sa.Integer, nullable=True))',
                'op.drop_column("loaf", "weight")')
     make_project(pytester.path, templates, [kinds, grow], ini="dbinit_migrations = true\n")
     run = run_inline(pytester, "-k", "dbinit_data or dbinit_downgrade")

@@ -6,8 +6,9 @@ tables, views (and their definitions), columns (type, NOT NULL, default,
 identity, generated), constraints (their definitions), indexes (their
 definitions), sequences (type, start, increment, bounds, cycle; not their
 current value), enum types and their values in order, domains, composite and
-range types, triggers, functions and extensions. The version table is left
-out: its row is what a downgrade is supposed to change.
+range types, triggers, functions and extensions (an extension's own objects
+too: they only differ when the extension itself does). The version table is
+left out: its row is what a downgrade is supposed to change.
 
 SQLite keeps no CHECK constraints in its catalogs apart from the table's
 SQL text, which a batch-mode rebuild rewrites; they are not compared there.
@@ -28,22 +29,19 @@ WITH ns AS (
     SELECT oid, nspname FROM pg_catalog.pg_namespace
     WHERE nspname NOT IN ('pg_catalog', 'information_schema')
       AND nspname !~ '^pg_(toast|temp_)'
-), ext AS (
-    SELECT objid FROM pg_catalog.pg_depend WHERE deptype = 'e'
 )
 SELECT json_build_object(
   'schemas', (SELECT coalesce(json_agg(nspname), '[]') FROM ns),
   'relations', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname, c.relkind::text)), '[]')
       FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
-      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.oid NOT IN (SELECT objid FROM ext)),
+      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')),
   'columns', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname, a.attname,
           pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
           pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text)), '[]')
       FROM pg_catalog.pg_attribute a
       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace
       LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-        AND c.oid NOT IN (SELECT objid FROM ext)),
+      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')),
   'constraints', (SELECT coalesce(json_agg(json_build_array(ns.nspname, coalesce(c.relname, t.typname),
           con.conname, pg_catalog.pg_get_constraintdef(con.oid))), '[]')
       FROM pg_catalog.pg_constraint con JOIN ns ON ns.oid = con.connamespace
@@ -70,12 +68,12 @@ SELECT json_build_object(
                            FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0)
             ELSE '' END)), '[]')
       FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
-      WHERE t.typtype IN ('e', 'd', 'r', 'm', 'c') AND t.oid NOT IN (SELECT objid FROM ext)
-        AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = t.typrelid) = 'c')),
+      LEFT JOIN pg_catalog.pg_class tc ON tc.oid = t.typrelid
+      WHERE t.typtype IN ('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND tc.relkind = 'c')),
   'views', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname,
           pg_catalog.pg_get_viewdef(c.oid))), '[]')
       FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
-      WHERE c.relkind IN ('v', 'm') AND c.oid NOT IN (SELECT objid FROM ext)),
+      WHERE c.relkind IN ('v', 'm')),
   'triggers', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname, tg.tgname,
           pg_catalog.pg_get_triggerdef(tg.oid))), '[]')
       FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
@@ -83,8 +81,7 @@ SELECT json_build_object(
   'functions', (SELECT coalesce(json_agg(json_build_array(ns.nspname, p.proname,
           pg_catalog.pg_get_function_identity_arguments(p.oid),
           pg_catalog.pg_get_function_result(p.oid) || ' ' || md5(coalesce(p.prosrc, '')))), '[]')
-      FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
-      WHERE p.oid NOT IN (SELECT objid FROM ext)),
+      FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace),
   'extensions', (SELECT coalesce(json_agg(json_build_array(extname, extversion)), '[]')
       FROM pg_catalog.pg_extension)
 )::text

@@ -131,7 +131,8 @@ class Server:
     dialect: Dialect
     description: str
 
-    def create(self, template: str | None = None) -> Database:
+    def create(self, template: str | None = None, *, more: bool = True) -> Database:
+        """A new database (empty, or a clone of ``template``); ``more``: another will follow."""
         raise NotImplementedError
 
     def drop(self, database: Database) -> None:
@@ -139,6 +140,34 @@ class Server:
 
     def template(self, project: str, fingerprint: str, build: Callable[[Database], None]) -> str:
         """The template's name for ``fingerprint``, built with ``build`` (on an empty database) if missing."""
+        database: Database | None = None
+
+        def make() -> Database:
+            nonlocal database
+            database = self.create()
+            try:
+                build(database)
+            except BaseException:
+                self.drop(database)
+                raise
+            return database
+
+        return self._install(project, fingerprint, make)
+
+    def adopt(self, project: str, fingerprint: str, database: Database) -> bool:
+        """Make ``database`` (at the heads) the template if there is none yet; whether it was."""
+        taken = False
+
+        def make() -> Database:
+            nonlocal taken
+            taken = True
+            return database
+
+        self._install(project, fingerprint, make)
+        return taken
+
+    def _install(self, project: str, fingerprint: str, make: Callable[[], Database]) -> str:
+        """Under the template lock: the template's name, made into one from ``make()`` if missing."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -223,12 +252,16 @@ class PostgresServer(Server):
         source = f' TEMPLATE "{template}"' if template else " TEMPLATE template0"
         self._made.add(name)
         await self._fetch(f'CREATE DATABASE "{name}"{source}')
+        # a test database need not survive a crash: commits do not wait for the disk
+        await self._fetch(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         return name
 
-    def create(self, template: str | None = None) -> Database:
+    def create(self, template: str | None = None, *, more: bool = True) -> Database:
+        """``more``: another of the kind will be asked for (made in the background meanwhile)."""
         spare = self._spares.pop(template, None)
         name = spare.result() if spare is not None else self._loop.run(self._create(template))
-        self._spares[template] = asyncio.run_coroutine_threadsafe(self._create(template), self._loop.loop)
+        if more:
+            self._spares[template] = asyncio.run_coroutine_threadsafe(self._create(template), self._loop.loop)
         return Database(name, self._url(name), "postgresql")
 
     def drop(self, database: Database) -> None:
@@ -245,7 +278,7 @@ class PostgresServer(Server):
             await self._fetch(f'DROP DATABASE IF EXISTS "{name}"')
         self._made.discard(name)
 
-    def template(self, project: str, fingerprint: str, build: Callable[[Database], None]) -> str:
+    def _install(self, project: str, fingerprint: str, make: Callable[[], Database]) -> str:
         import asyncpg
 
         family = f"{TEMPLATE_PREFIX}{project[:8]}_"
@@ -268,18 +301,12 @@ class PostgresServer(Server):
         try:
             if self._execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", name):
                 return name
-            building = Database(*(self._loop.run(self._create(None)), ""), "postgresql")
-            building = dataclasses.replace(building, url=self._url(building.name))
-            try:
-                build(building)
-                self._execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", building.name
-                )
-                self._execute(f'ALTER DATABASE "{building.name}" RENAME TO "{name}"')
-                self._made.discard(building.name)
-            except BaseException:
-                self._loop.run(self._drop(building.name))
-                raise
+            made = make()
+            self._execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", made.name
+            )
+            self._execute(f'ALTER DATABASE "{made.name}" RENAME TO "{name}"')
+            self._made.discard(made.name)
             # no session may connect to a template: a stray one would stop every clone
             self._execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
             for (older,) in self._execute(
@@ -327,7 +354,7 @@ class SqliteServer(Server):
     def _database(self, name: str) -> Database:
         return Database(name, f"sqlite:///{self.folder / name}.sqlite3", "sqlite")
 
-    def create(self, template: str | None = None) -> Database:
+    def create(self, template: str | None = None, *, more: bool = True) -> Database:
         database = self._database(f"{PREFIX}{self.worker}_{uuid.uuid4().hex[:12]}")
         if template is not None:
             shutil.copyfile(self.folder / f"{template}.sqlite3", str(database.path))
@@ -338,7 +365,7 @@ class SqliteServer(Server):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{database.path}{suffix}")
 
-    def template(self, project: str, fingerprint: str, build: Callable[[Database], None]) -> str:
+    def _install(self, project: str, fingerprint: str, make: Callable[[], Database]) -> str:
         import fcntl
 
         name = f"{TEMPLATE_PREFIX}{project[:8]}_{fingerprint[:20]}"
@@ -346,12 +373,8 @@ class SqliteServer(Server):
             fcntl.flock(lock, fcntl.LOCK_EX)
             target = self.folder / f"{name}.sqlite3"
             if not target.exists():
-                building = self.create()
-                try:
-                    build(building)
-                    os.replace(str(building.path), target)
-                finally:
-                    self.drop(building)
+                made = make()
+                os.replace(str(made.path), target)
         return name
 
 

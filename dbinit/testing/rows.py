@@ -1,5 +1,8 @@
 """Dummy rows for every table, made from the catalog, to run revisions on a database that is not empty.
 
+A table gets rows when it is empty (new); rows stay for the revisions after,
+which then meet rows written before their columns existed, as in production.
+
 Each column gets a value its type accepts (numbers, text within the length,
 booleans, dates and times, intervals, UUIDs, JSON, bytes, enum labels,
 arrays, network addresses, bit strings, ranges); columns with a default,
@@ -93,7 +96,7 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class Filled:
-    """What one fill did: rows now in each table filled, and each table that took none, with why."""
+    """After a fill: the rows in each table that has some, and each table that took none, with why."""
 
     counts: Mapping[str, int]
     unfillable: Mapping[str, str]
@@ -105,14 +108,23 @@ class RowMaker:
     def __init__(self, excluded: Iterable[str] = ()) -> None:
         self.excluded = frozenset(excluded)
         self.counter = 0
+        #: tables (as they were) that took no row, and why: not tried again while unchanged
+        self._refused: dict[Table, str] = {}
 
-    def fill(self, connection: Any) -> Filled:
-        """Insert :data:`ROWS_PER_TABLE` rows into every table (each in a savepoint)."""
+    def fill(self, connection: Any, tables: Sequence[Table], counts: Mapping[str, int]) -> Filled:
+        """Insert :data:`ROWS_PER_TABLE` rows (each in a savepoint) into each of ``tables`` that
+        ``counts`` says is empty; rows already there stay (older revisions' columns only)."""
         from sqlalchemy.exc import SQLAlchemyError
 
-        tables = self.tables(connection)
+        now = dict(counts)
         unfillable: dict[str, str] = {}
         for table in _in_key_order(tables):
+            if now.get(table.shown, 0) > 0:
+                continue
+            known = self._refused.get(table)
+            if known is not None:
+                unfillable[table.shown] = known
+                continue
             reason = ""
             for _ in range(ROWS_PER_TABLE):
                 attempts = [self._insert(table, everything=True), self._insert(table, everything=False)]
@@ -121,23 +133,25 @@ class RowMaker:
                         with connection.begin_nested():
                             connection.exec_driver_sql(statement)
                         reason = ""
+                        now[table.shown] = now.get(table.shown, 0) + 1
                         break
                     except SQLAlchemyError as exc:
                         reason = _first_line(exc)
                 else:
                     if not reason:
                         reason = self._why_not(table)
-            if reason:
+            if reason and not now.get(table.shown):
                 unfillable[table.shown] = reason
-        return Filled(self.counts(connection, [t for t in tables if t.shown not in unfillable]), unfillable)
+                self._refused[table] = reason
+        return Filled({name: count for name, count in now.items() if count > 0}, unfillable)
 
-    def counts(self, connection: Any, tables: Sequence[Table] | None = None) -> dict[str, int]:
-        """The rows each table holds, read back whole (``SELECT *``)."""
-        listed = self.tables(connection) if tables is None else tables
-        return {
-            table.shown: len(connection.exec_driver_sql(f"SELECT * FROM {table.sql}").fetchall())
-            for table in listed
-        }
+    def counts(self, connection: Any, tables: Sequence[Table]) -> dict[str, int]:
+        """The rows each table holds, in one statement."""
+        if not tables:
+            return {}
+        counted = ", ".join(f"(SELECT count(*) FROM {table.sql})" for table in tables)
+        row = connection.exec_driver_sql(f"SELECT {counted}").one()
+        return {table.shown: int(value) for table, value in zip(tables, row, strict=True)}
 
     def tables(self, connection: Any) -> list[Table]:
         if connection.dialect.name == "sqlite":
