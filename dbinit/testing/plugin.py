@@ -94,6 +94,7 @@ class State:
 
     def server(self) -> Server:
         if self._server is None:
+            import shutil
             import tempfile
 
             from dbinit.testing.databases import choose, open_server
@@ -101,7 +102,11 @@ class State:
             worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
             choice = choose(self.choice_text(), os.environ.get("DATABASE_URL"))
             folder = Path(tempfile.mkdtemp(prefix=f"dbinit-sqlite-{worker}-"))
-            self._server = open_server(choice, worker, folder)
+            try:
+                self._server = open_server(choice, worker, folder)
+            finally:
+                if getattr(self._server, "folder", None) != folder:  # not SQLite (or not started)
+                    shutil.rmtree(folder, ignore_errors=True)
         return self._server
 
     def project(self) -> Project:
