@@ -176,6 +176,15 @@ CORPUS = [
         "dbinit_previous_release", ("aa03drop", "op.drop_column('bread', 'baked_at')", "aa02crust"),
         previous="aa02crust",
     ),
+    Broken(
+        "declared_expand_changes_a_type",
+        [BASE, SECOND, Rev("aa03name", "aa02crust",
+                           'op.alter_column("bread", "name", type_=sa.Text(), existing_type=sa.String(50))',
+                           'op.alter_column("bread", "name", type_=sa.String(50), existing_type=sa.Text())',
+                           header='dbinit_phase = "expand"')],
+        "dbinit_lint", ("aa03name", "dbinit.L006", "dbinit.L020", "ALTER COLUMN name TYPE"),
+        previous="aa02crust",
+    ),
 ]
 
 

@@ -378,6 +378,7 @@ class Suite:
         from dbinit.checks import Level
         from dbinit.lint.run import lint
         from dbinit.logs import log_output, make_logger
+        from dbinit.pluginmanager import Registry
         from dbinit.settings import load_settings
 
         project = self.project
@@ -387,10 +388,18 @@ class Suite:
         if self.previous_release is not None:
             previous = project.scripts.graph.resolve(self.previous_release)
         log = make_logger(settings.service, log_output("console", "warning", stream=sys.stderr))
-        report = lint(settings, project.scripts, previous, log=log)
+        registry = Registry.for_settings(settings)  # the project's own rules (plugins) too
+        report = lint(
+            settings,
+            project.scripts,
+            previous,
+            registry.migration_contexts(settings),
+            log=log,
+            rules=registry.lint_rules(settings),
+        )
         errors = [f for f in report.findings if f.message.level >= Level.ERROR]
         if errors:
-            return Outcome("failed", "dbinit lint found errors:\n" + "\n".join(f.line() for f in errors))
+            return Outcome("failed", "dbinit lint found errors:\n" + "\n".join(f.line_text() for f in errors))
         return PASSED
 
 
