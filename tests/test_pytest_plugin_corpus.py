@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dbinit.logbridge import _restore, _snapshot
 from tests.plugins.databases import PostgresServer
 from tests.plugins.generated import (
     Rev,
@@ -232,7 +233,14 @@ def caught_by_pytest_alembic(pytester: pytest.Pytester, project: Path, *, models
         env = project / "migrations" / "env.py"
         env.write_text(env.read_text().replace("target_metadata = None",
                                                "from models import metadata as target_metadata", 1))
-    theirs = run_inline(pytester, "-p", "no:dbinit", "test_pytest_alembic.py")
+    # pytest-alembic runs env.py here, in this process: its fileConfig() disables every logger
+    # alembic.ini does not name (dbinit's own included) and replaces the root's handlers; put
+    # stdlib logging back as it was, or later tests in this process lose their records
+    before = _snapshot()
+    try:
+        theirs = run_inline(pytester, "-p", "no:dbinit", "test_pytest_alembic.py")
+    finally:
+        _restore(before)
     assert theirs.cases, theirs.output
     return tuple(sorted(theirs.failed()))
 
