@@ -17,6 +17,13 @@ each, alternating:
   model definitions match DDL, up/down consistency), each test on a fresh
   database (its ``alembic_engine``).
 
+Both run as a project's CI would run them: with bytecode caches (one
+untimed warm-up run of each first, ``PYTHONDONTWRITEBYTECODE`` unset) and
+with only the plugin under test loaded (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``
+and ``-p``: the other pytest plugins of this virtualenv, hypothesis for one,
+are not a project's); pytest-alembic's conftest and tests sit in a folder of
+their own, so that dbinit's run does not import them.
+
 It prints a markdown table: median wall time and the process's CPU time
 (user + system, from ``wait4``; the server's own work is not in it), tests
 run, and the ratio.
@@ -103,9 +110,17 @@ def project_for(count: int, folder: Path) -> Path:
                            ini="dbinit_metadata = models:metadata\n", metadata_in_env=True)
     env = project / "migrations" / "env.py"
     env.write_text(env.read_text().replace(*ENV_CONNECTION_EDIT, 1))
-    (project / "conftest.py").write_text(PYTEST_ALEMBIC_CONFTEST)
-    (project / "test_pytest_alembic.py").write_text(DEFAULT_TESTS)
+    theirs = project / THEIRS
+    theirs.mkdir()
+    (theirs / "conftest.py").write_text(PYTEST_ALEMBIC_CONFTEST)
+    (theirs / "test_pytest_alembic.py").write_text(DEFAULT_TESTS)
     return project
+
+
+#: pytest-alembic's conftest and tests (run from the project's folder, its migrations at ``migrations``).
+THEIRS = "pytest_alembic_suite"
+OURS_ARGS = ["-p", "dbinit.testing.plugin", "--dbinit-migrations", "alembic.ini"]
+THEIRS_ARGS = ["-p", "pytest_alembic.plugin", THEIRS]
 
 
 def timed(project: Path, args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -134,8 +149,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
     url = options.database_url
-    env_ours = clean_env(DBINIT_TEST_DATABASE_URL=url)
-    env_theirs = clean_env(CORPUS_SERVER_URL=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    common = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env_ours = clean_env(DBINIT_TEST_DATABASE_URL=url, **common)
+    theirs_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    env_theirs = clean_env(CORPUS_SERVER_URL=theirs_url, **common)
+    for env in (env_ours, env_theirs):
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dbinit-bench-pytest-") as tmp:
         for count in (int(size) for size in options.sizes.split(",")):
@@ -143,13 +162,14 @@ def main() -> None:
             ours: list[tuple[float, float]] = []
             theirs: list[tuple[float, float]] = []
             lines = {}
+            drop_templates(url, project / "migrations")
+            timed(project, OURS_ARGS, env_ours)  # the warm-up: bytecode caches written
+            timed(project, THEIRS_ARGS, env_theirs)
             for _ in range(options.runs):
                 drop_templates(url, project / "migrations")
-                wall, cpu, lines["dbinit"] = timed(
-                    project, ["-p", "no:pytest_alembic", "--dbinit-migrations", "alembic.ini"], env_ours)
+                wall, cpu, lines["dbinit"] = timed(project, OURS_ARGS, env_ours)
                 ours.append((wall, cpu))
-                wall, cpu, lines["pytest-alembic"] = timed(
-                    project, ["-p", "no:dbinit", "test_pytest_alembic.py"], env_theirs)
+                wall, cpu, lines["pytest-alembic"] = timed(project, THEIRS_ARGS, env_theirs)
                 theirs.append((wall, cpu))
             drop_templates(url, project / "migrations")
             rows.append((count, "dbinit plugin", ours, lines["dbinit"]))

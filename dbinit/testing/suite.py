@@ -2,8 +2,8 @@
 
 - heads: one head, or exactly ``DBINIT_HEADS``;
 - revision files: every file read by dbinit's reader, every module imported by Alembic;
-- upgrade: base to the heads on an empty database, each revision in its own transaction;
-- downgrade: per revision up, down (the catalog must be as before it), up again (it must still run);
+- upgrade and downgrade, one pass: per revision up (from the base, on an empty database, each revision
+  in its own transaction), down (the catalog must be as before it), up again (it must still run);
 - data: rows in every table (new tables get theirs) before each revision; an expand keeps them;
 - models: Alembic's autogenerate comparison of the project's metadata with the head's schema;
 - previous release: the new head's phases keep the previous release's code working;
@@ -40,6 +40,14 @@ class Outcome:
 
 
 PASSED = Outcome("passed")
+
+
+@dataclasses.dataclass
+class Cycled:
+    """The cycle pass's outcomes: each revision's upgrade test and downgrade test."""
+
+    upgrades: dict[str, Outcome] = dataclasses.field(default_factory=dict)
+    downgrades: dict[str, Outcome] = dataclasses.field(default_factory=dict)
 
 
 def _lines(found: list[str]) -> str:
@@ -100,60 +108,42 @@ class Suite:
 
     # -- per revision --------------------------------------------------------------------
 
-    @functools.cached_property
+    @property
     def upgrades(self) -> dict[str, Outcome]:
-        project = self.project
-        order = project.order
+        """Each revision's first upgrade in the cycle pass: from the base, on an empty database."""
+        return self._cycled.upgrades
 
-        def plan(context: Any) -> Iterator[Step]:
-            for revision in order:
-                yield (revision, True)
-
-        database = self.databases.create()
-        try:
-            self.alembic.run(database, plan)
-        except StepFailed as failed:
-            self.databases.drop(database)
-            return self._stopped(failed, "upgrade", "on an empty database, upgraded from the base")
-        except BaseException:
-            self.databases.drop(database)
-            raise
-        # the database is at the heads now: the template, unless there is one already
-        if not self.databases.keep_as_template(database):
-            self.databases.drop(database)
-        return dict.fromkeys(order, PASSED)
-
-    def _stopped(self, failed: StepFailed, what: str, where: str) -> dict[str, Outcome]:
-        order = self.project.order
-        outcomes: dict[str, Outcome] = {revision: PASSED for revision, _ in failed.progress.applied}
-        if failed.step is None:
-            message = f"{what}: env.py failed before the first revision ran: {failed.reason}"
-            return {revision: outcomes.get(revision, Outcome("failed", message)) for revision in order}
-        culprit = failed.step[0]
-        outcomes[culprit] = Outcome(
-            "failed", f"{what} of {self.project.named(culprit)} failed ({where}): {failed.reason}"
-        )
-        return {
-            revision: outcomes.get(revision, Outcome("skipped", f"not reached: {culprit} failed first"))
-            for revision in order
-        }
+    @property
+    def downgrades(self) -> dict[str, Outcome]:
+        return self._cycled.downgrades
 
     @functools.cached_property
-    def downgrades(self) -> dict[str, Outcome]:
-        """Up, down, up per revision; a failure restarts on a fresh database after that revision."""
+    def _cycled(self) -> Cycled:
+        """One pass for the upgrade and the downgrade tests: per revision up, down, up again.
+
+        Every revision's first upgrade runs on a database that only its predecessors' upgrades (and
+        their down/up cycles, which left the catalog as they found it) have touched: the upgrade test
+        from the base. A failure, or a downgrade that leaves a trace, restarts on a fresh database,
+        upgraded plainly to just after that revision. The database that reaches the heads becomes the
+        template.
+        """
         order = self.project.order
-        outcomes: dict[str, Outcome] = {}
+        cycled = Cycled()
         start = 0
         while start < len(order):
-            start = self._cycles(start, outcomes)
-        return {revision: outcomes.get(revision, PASSED) for revision in order}
+            start = self._cycles(start, cycled)
+        for revision in order:
+            cycled.upgrades.setdefault(revision, PASSED)
+            cycled.downgrades.setdefault(revision, PASSED)
+        return cycled
 
-    def _cycles(self, start: int, outcomes: dict[str, Outcome]) -> int:
+    def _cycles(self, start: int, cycled: Cycled) -> int:
         """Cycle the revisions from ``start``; returns where to restart (len(order): done)."""
         project = self.project
         order = project.order
         excluded = project.excluded_tables
         traces: dict[str, list[str]] = {}
+        outcomes = cycled.downgrades
 
         def plan(context: Any) -> Iterator[Step]:
             for revision in order[:start]:
@@ -167,44 +157,59 @@ class Suite:
                 if left:
                     traces[revision] = [f"downgrade of {project.named(revision)} does not leave the schema "
                                         f"as it found it:\n{_lines(left)}"]
+                    return  # what follows restarts on a fresh database: the trace may be in its way
                 yield (revision, True)  # and up again: it must still run (and what follows on it)
                 before = snapshot(context.connection, excluded)
 
         database = self.databases.create()
+        kept = False
         try:
-            self.alembic.run(database, plan)
+            progress = self.alembic.run(database, plan)
             failed = None
         except StepFailed as exc:
             failed = exc
+            progress = exc.progress
+        else:
+            if not traces:  # at the heads, upgraded from the base: the template, unless there is one
+                kept = self.databases.keep_as_template(database)
         finally:
-            self.databases.drop(database)
+            if not kept:
+                self.databases.drop(database)
+        for revision, upgrade in progress.applied:
+            if upgrade:
+                cycled.upgrades.setdefault(revision, PASSED)
         for revision, found in traces.items():
             outcomes[revision] = Outcome("failed", "\n".join(found))
+            return order.index(revision) + 1
         if failed is None:
             return len(order)
         if failed.step is None:
-            reason = f"env.py failed: {failed.reason}"
             for revision in order[start:]:
-                outcomes.setdefault(revision, Outcome("failed", reason))
+                cycled.upgrades.setdefault(revision, Outcome(
+                    "failed", f"upgrade: env.py failed before the first revision ran: {failed.reason}"))
+                outcomes.setdefault(revision, Outcome("failed", f"env.py failed: {failed.reason}"))
             return len(order)
         revision, upgrade = failed.step
         index = order.index(revision)
         if index < start:  # the plain upgrade before the cycles failed: nothing further can be reached
             for later in order[start:]:
-                outcomes.setdefault(later, Outcome("skipped", f"not reached: upgrade of {revision} failed"))
+                skipped = Outcome("skipped", f"not reached: upgrade of {revision} failed")
+                cycled.upgrades.setdefault(later, skipped)
+                outcomes.setdefault(later, skipped)
             return len(order)
-        first_up = upgrade and (revision, True) not in failed.progress.applied
-        if first_up:
-            message = f"upgrade of {project.named(revision)} failed: {failed.reason}"
-            outcomes[revision] = Outcome("skipped" if revision not in traces else "failed",
-                                         f"{message} (the upgrade test reports it)")
+        if upgrade and (revision, True) not in progress.applied:  # its first upgrade
+            cycled.upgrades[revision] = Outcome(
+                "failed", f"upgrade of {project.named(revision)} failed (on an empty database, upgraded "
+                f"from the base): {failed.reason}")
+            outcomes[revision] = Outcome(
+                "skipped", f"upgrade of {project.named(revision)} failed: {failed.reason} "
+                "(the upgrade test reports it)")
             for later in order[index + 1 :]:
+                cycled.upgrades.setdefault(later, Outcome("skipped", f"not reached: {revision} failed first"))
                 outcomes.setdefault(later, Outcome("skipped", f"not reached: upgrade of {revision} failed"))
             return len(order)
         what = "upgrade (again, after its downgrade)" if upgrade else "downgrade"
-        said = f"{what} of {project.named(revision)} failed: {failed.reason}"
-        earlier = outcomes.get(revision)
-        outcomes[revision] = Outcome("failed", f"{earlier.message}\n{said}" if earlier else said)
+        outcomes[revision] = Outcome("failed", f"{what} of {project.named(revision)} failed: {failed.reason}")
         return index + 1
 
     @functools.cached_property
