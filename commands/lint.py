@@ -14,6 +14,7 @@ from dbinit import __version__
 from dbinit.checks import Level
 from dbinit.errors import ConfigurationError, ExitCode
 from dbinit.facts import read_scripts
+from dbinit.lint import INSTALL_HINT, pglast_installed
 from dbinit.management.base import BaseCommand
 
 if TYPE_CHECKING:
@@ -21,14 +22,10 @@ if TYPE_CHECKING:
     from dbinit.lint.rules import LintRule
     from dbinit.lint.run import LintedRevision, LintReport
 
-INSTALL_HINT = "pip install 'dbinit-alembic[lint]'"
-
 
 def require_pglast() -> None:
     """A configuration error (exit 2) naming the extra when PostgreSQL's parser is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("pglast") is None:
+    if not pglast_installed():
         raise ConfigurationError(
             "dbinit lint needs PostgreSQL's parser (pglast), which is not installed", hint=INSTALL_HINT
         )

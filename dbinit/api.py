@@ -66,8 +66,7 @@ class DatabaseInitManager:
         self.redactor = Redactor([self.settings.url.password])
         output = settings_output(self.settings.log_format, self.settings.log_level, self.redactor)
         self.log = make_logger(self.settings.service, output)
-        for note in self.settings.notes():
-            self.log.warning(note)
+        self.settings.log_notes(self.log)
 
     async def initialize(self) -> VerifyReport | MigrateResult:
         """Verify (``verify_only``) or migrate; raise a :class:`DbinitError` on failure."""

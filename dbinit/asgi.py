@@ -368,8 +368,7 @@ class DatabaseGate:
         from dbinit.wait import backoff_delays
 
         settings = self.settings
-        for note in settings.notes():
-            self.log.warning(note)
+        settings.log_notes(self.log)
         if settings.force_recreate:
             self.log.warning("DB_FORCE_RECREATE ignored: services only verify")
         self._registry = Registry.for_settings(settings)

@@ -19,7 +19,9 @@ the Redactor (a URL that env.py logs loses its password there too).
 Afterwards the stdlib logging state is put back as it was: the root logger's
 and every existing logger's level, handlers, ``propagate`` and ``disabled``
 (``fileConfig`` disables the loggers it does not name); loggers created during
-the run are reset, and the handlers the run created are closed.
+the run are reset, and the handlers the run created are closed. That part is
+:func:`preserved_logging` on its own, for any code that configures stdlib
+logging behind its caller's back.
 
 Only ``migrate`` imports this module (with Alembic): ``verify`` loads no
 ``logging.config``.
@@ -32,7 +34,7 @@ import dataclasses
 import logging
 import logging.config
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 from structlog.typing import FilteringBoundLogger
@@ -114,6 +116,39 @@ def _restore(before: dict[str, _LoggerState]) -> None:
         handler.close()
 
 
+class PreservedLogging:
+    """The stdlib logging state when :func:`preserved_logging` began: what it puts back."""
+
+    def __init__(self) -> None:
+        self._before = _snapshot()
+        self._since: dict[str, _LoggerState] = {}
+
+    def remember(self, states: Mapping[str, _LoggerState]) -> None:
+        """Restore the loggers made since the start to these states (the first remembered wins).
+
+        Without it such a logger is reset to a pristine one (no level, no handlers).
+        """
+        for name, state in states.items():
+            self._since.setdefault(name, state)
+
+    def restore(self) -> None:
+        _restore({**self._since, **self._before})
+
+
+@contextlib.contextmanager
+def preserved_logging() -> Iterator[PreservedLogging]:
+    """Put stdlib logging back as it was on entry: every logger's level, handlers, ``propagate``
+    and ``disabled``; loggers made inside are reset, and the handlers added inside are closed.
+
+    For code that configures logging behind the caller's back (an ``env.py``'s ``fileConfig``).
+    """
+    preserved = PreservedLogging()
+    try:
+        yield preserved
+    finally:
+        preserved.restore()
+
+
 class RedactingFormatter(logging.Formatter):
     """A handler's own formatter, its output (traceback included) passed through a :class:`Redactor`."""
 
@@ -173,32 +208,29 @@ def alembic_logging(log: FilteringBoundLogger) -> Iterator[None]:
     restored afterwards in every case. Not for concurrent runs in one
     process: the wrapped functions are module attributes.
     """
-    before = _snapshot()
-    output = output_of(log)
-    if output is not None and output.format == "stdlib":
-        output = None
-    # loggers made by imports during the run (a NullHandler a library adds) as they were
-    # before the first configuration call: what they are restored to
-    made: dict[str, _LoggerState] = {}
-    patched: list[tuple[str, Callable[..., Any]]] = []
-    for name in ("fileConfig", "dictConfig"):
-        original: Callable[..., Any] = getattr(logging.config, name)
+    with preserved_logging() as preserved:
+        output = output_of(log)
+        if output is not None and output.format == "stdlib":
+            output = None
+        patched: list[tuple[str, Callable[..., Any]]] = []
+        for name in ("fileConfig", "dictConfig"):
+            original: Callable[..., Any] = getattr(logging.config, name)
 
-        def configure(*args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> None:
-            pre = _snapshot()
-            for logger, state in pre.items():
-                made.setdefault(logger, state)
-            _original(*args, **kwargs)
-            if output is not None:
-                _take_over(pre, log, output)
-            else:
-                logging.getLogger(STDLIB_LOGGER).disabled = False
+            def configure(*args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> None:
+                pre = _snapshot()
+                # loggers made by imports during the run (a NullHandler a library adds) as they were
+                # before the first configuration call: what they are restored to
+                preserved.remember(pre)
+                _original(*args, **kwargs)
+                if output is not None:
+                    _take_over(pre, log, output)
+                else:
+                    logging.getLogger(STDLIB_LOGGER).disabled = False
 
-        setattr(logging.config, name, configure)
-        patched.append((name, original))
-    try:
-        yield
-    finally:
-        for name, original in patched:
-            setattr(logging.config, name, original)
-        _restore({**made, **before})
+            setattr(logging.config, name, configure)
+            patched.append((name, original))
+        try:
+            yield
+        finally:
+            for name, original in patched:
+                setattr(logging.config, name, original)

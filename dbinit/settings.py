@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, AliasChoices, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
@@ -40,6 +40,9 @@ from pydantic_settings import (
 
 from dbinit.errors import ConfigurationError
 from dbinit.urls import DatabaseURL
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///db.sqlite3"
 
@@ -282,6 +285,11 @@ class Settings(BaseSettings):
                 f"{Path.cwd()}"
             )
         return tuple(found)
+
+    def log_notes(self, log: FilteringBoundLogger) -> None:
+        """Each of :meth:`notes` as a warning on ``log``: what every entry point does before it starts."""
+        for note in self.notes():
+            log.warning(note)
 
 
 #: How each field is spelled in the environment, for error messages.

@@ -9,18 +9,15 @@ are imported only when lint runs (``dbinit verify`` never loads them).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from dbinit import hookimpl
 from dbinit.checks import CheckMessage, Facts, Info, check
+from dbinit.lint import INSTALL_HINT, pglast_installed
 
 if TYPE_CHECKING:
     from dbinit.lint.rules import LintRule
-
-INSTALL_HINT = "pip install 'dbinit-alembic[lint]'"
-
 
 @hookimpl(tryfirst=True)  # dbinit's rules first
 def dbinit_lint_rules() -> tuple[LintRule, ...]:
@@ -32,7 +29,7 @@ def dbinit_lint_rules() -> tuple[LintRule, ...]:
 @check("dbinit.L000", "lint", tags=("lint",), requires_database=False, requires=("dbinit.E001",))
 def lint_findings(facts: Facts) -> Iterator[CheckMessage]:
     """The lint rules' findings (as `dbinit lint` reports them), each under its rule's id."""
-    if importlib.util.find_spec("pglast") is None:
+    if not pglast_installed():
         yield Info(
             "lint not run: PostgreSQL's parser (pglast) is not installed", hint=INSTALL_HINT, id="dbinit.L000"
         )

@@ -18,8 +18,6 @@ What this proves and what only a real cluster can: k8s/README.md.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -36,6 +34,7 @@ from typing import Any
 import pytest
 
 from dbinit.errors import ExitCode
+from tests.plugins.installs import install_lock
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -141,17 +140,6 @@ def _tools_dir() -> Path:
     return Path(os.environ.get("DBINIT_K8S_TOOLS_DIR") or REPO / ".cache" / "k8s-tools")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _install_tools() -> Tools:
     key = hashlib.sha256(
         REQUIREMENTS.read_bytes() + f"{sys.version_info[:2]}{sys.platform}".encode()
@@ -160,7 +148,7 @@ def _install_tools() -> Tools:
     venv = root / f"venv-{key}"
     marker = venv / ".installed"
     tools = Tools(venv / "bin")
-    with _locked(root / ".lock"):
+    with install_lock(root / ".lock"):
         if not marker.exists():
             for stale in root.glob("venv-*"):  # earlier pins, or a half-made venv
                 shutil.rmtree(stale, ignore_errors=True)

@@ -8,15 +8,14 @@ scan, phase), with no database reachable.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dbinit.lint.classify import classify_sql
-from tests.plugins.databases import add_revision, clean_env, run_dbinit
+from tests.plugins.databases import add_revision, run_dbinit
+from tests.plugins.no_pglast import dbinit_without_pglast
 
 HEAD = "8d3f6b2a9c11"  # the example's head
 UNREACHABLE = "postgresql://u@127.0.0.1:1/x"  # lint renders offline: nothing listens here
@@ -141,20 +140,7 @@ def test_an_unknown_from_revision_is_a_configuration_error(project: Path) -> Non
 
 
 def test_without_pglast_lint_says_how_to_install_it(project: Path) -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['pglast'] = None  # as if the lint extra were not installed\n"
-        "from dbinit.management import ManagementUtility\n"
-        "sys.exit(ManagementUtility(['dbinit', 'lint']).execute())\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=clean_env(DATABASE_URL=UNREACHABLE),
-        timeout=60,
-    )
+    proc = dbinit_without_pglast("lint", cwd=project, DATABASE_URL=UNREACHABLE)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'dbinit-alembic[lint]'" in proc.stderr
 

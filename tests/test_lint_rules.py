@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.plugins.databases import add_revision, clean_env, run_dbinit
+from tests.plugins.databases import add_revision, run_dbinit
+from tests.plugins.no_pglast import dbinit_without_pglast
 
 HEAD = "8d3f6b2a9c11"  # the example's head
 UNREACHABLE = "postgresql://u@127.0.0.1:1/x"
@@ -297,20 +296,7 @@ def test_findings_are_checks_tagged_lint(project: Path) -> None:
 
 
 def test_check_tag_lint_without_pglast_is_exit_2_with_the_extra(project: Path) -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['pglast'] = None  # as if the lint extra were not installed\n"
-        "from dbinit.management import ManagementUtility\n"
-        "sys.exit(ManagementUtility(['dbinit', 'check', '--tag', 'lint']).execute())\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=clean_env(DATABASE_URL=UNREACHABLE),
-        timeout=60,
-    )
+    proc = dbinit_without_pglast("check", "--tag", "lint", cwd=project, DATABASE_URL=UNREACHABLE)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'dbinit-alembic[lint]'" in proc.stderr
 

@@ -9,8 +9,6 @@ what ``showmigrations``, ``check`` and ``migrate`` do with them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from dbinit.revisions.phases import RevisionPhase, revision_phases
 from dbinit.revisions.scripts import read_migration_scripts
 from tests.plugins.databases import TestDatabase, add_revision, alembic_project, run_dbinit
+from tests.plugins.no_pglast import python_without_pglast
 
 HEAD = "8d3f6b2a9c11"  # the example's head: an expand (it adds a nullable column)
 ROOT = "374752db316e"  # the example's root
@@ -318,8 +317,7 @@ def test_without_pglast_raw_sql_gets_the_same_phases_from_the_tokenizer() -> Non
     """The parser decides raw SQL's phase when the lint extra is installed; without it, the same phases."""
     shapes = {name: (body, phase) for name, (body, phase, _) in CORPUS.items() if name.startswith("execute_")}
     code = (
-        "import ast, json, sys\n"
-        "sys.modules['pglast'] = None  # as if the lint extra were not installed\n"
+        "import ast, json\n"
         "from dbinit.revisions.phases import _classify_execute\n"
         "shapes = json.loads(sys.argv[1])\n"
         "def call(body):\n"
@@ -328,8 +326,6 @@ def test_without_pglast_raw_sql_gets_the_same_phases_from_the_tokenizer() -> Non
         "found = {n: _classify_execute('op.execute', call(b)).phase for n, (b, _) in shapes.items()}\n"
         "print(json.dumps(found))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(shapes)], capture_output=True, text=True, timeout=60
-    )
+    proc = python_without_pglast(code, json.dumps(shapes))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {name: phase for name, (_, phase) in shapes.items()}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dbinit.logbridge import _restore, _snapshot
+from dbinit.logbridge import preserved_logging
 from tests.plugins.databases import PostgresServer
 from tests.plugins.generated import (
     Rev,
@@ -236,11 +236,8 @@ def caught_by_pytest_alembic(pytester: pytest.Pytester, project: Path, *, models
     # pytest-alembic runs env.py here, in this process: its fileConfig() disables every logger
     # alembic.ini does not name (dbinit's own included) and replaces the root's handlers; put
     # stdlib logging back as it was, or later tests in this process lose their records
-    before = _snapshot()
-    try:
+    with preserved_logging():
         theirs = run_inline(pytester, "-p", "no:dbinit", "test_pytest_alembic.py")
-    finally:
-        _restore(before)
     assert theirs.cases, theirs.output
     return tuple(sorted(theirs.failed()))
 

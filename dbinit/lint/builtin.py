@@ -14,9 +14,13 @@ small in ``[tool.dbinit.lint] table_rows``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from dbinit.checks import Level
 from dbinit.lint.rules import Hit, LintRule, RevisionContext, bare
+
+if TYPE_CHECKING:
+    from dbinit.lint.classify import StatementFacts
 
 CONCURRENT_HINT = (
     "Build it with op.create_index(..., postgresql_concurrently=True) inside "
@@ -28,8 +32,11 @@ CONTRACT_HINT = (
 )
 
 
-def _not_declared_contract(revision: RevisionContext) -> bool:
-    return not (revision.declared and revision.phase.phase == "contract")
+def _outside_contract(revision: RevisionContext) -> tuple[StatementFacts, ...]:
+    """The revision's statements, none when it is declared contract: what L002-L005 judge."""
+    if revision.declared and revision.phase.phase == "contract":
+        return ()
+    return revision.statements
 
 
 def _rebuilt(revision: RevisionContext) -> set[str]:
@@ -55,9 +62,7 @@ def index_without_concurrently(revision: RevisionContext) -> Iterator[Hit]:
 
 
 def drop_column(revision: RevisionContext) -> Iterator[Hit]:
-    if not _not_declared_contract(revision):
-        return
-    for s in revision.statements:
+    for s in _outside_contract(revision):
         if s.dropped_columns:
             yield Hit(
                 f"DROP COLUMN {', '.join(s.dropped_columns)} on {', '.join(s.tables)} in a revision "
@@ -68,10 +73,8 @@ def drop_column(revision: RevisionContext) -> Iterator[Hit]:
 
 
 def drop_table(revision: RevisionContext) -> Iterator[Hit]:
-    if not _not_declared_contract(revision):
-        return
     rebuilt = _rebuilt(revision)
-    for s in revision.statements:
+    for s in _outside_contract(revision):
         if s.kind == "DROP TABLE":
             dropped = [
                 t for t in s.tables if bare(t) not in rebuilt and not bare(t).startswith("_alembic_tmp_")
@@ -85,17 +88,13 @@ def drop_table(revision: RevisionContext) -> Iterator[Hit]:
 
 
 def rename_column(revision: RevisionContext) -> Iterator[Hit]:
-    if not _not_declared_contract(revision):
-        return
-    for s in revision.statements:
+    for s in _outside_contract(revision):
         if s.kind == "RENAME COLUMN":
             yield Hit(f"{s.reasons[0] if s.reasons else 'RENAME COLUMN'}", s)
 
 
 def rename_table(revision: RevisionContext) -> Iterator[Hit]:
-    if not _not_declared_contract(revision):
-        return
-    for s in revision.statements:
+    for s in _outside_contract(revision):
         if s.kind == "RENAME TABLE" and not any(bare(t).startswith("_alembic_tmp_") for t in s.tables):
             yield Hit(f"{s.reasons[0] if s.reasons else 'RENAME TABLE'}", s)
 

@@ -227,6 +227,37 @@ class MeasuredStatement:
     locks: tuple[LockSeen, ...] = ()
     note: str = ""
 
+    @classmethod
+    def of(
+        cls,
+        facts: StatementFacts,
+        position: int | None,
+        *,
+        observed_lock: LockLevel | None,
+        verdict: Verdict,
+        observed: ObservedWhen,
+        duration_ms: float,
+        probes: tuple[Probe, ...] = (),
+        locks: tuple[LockSeen, ...] = (),
+        note: str = "",
+    ) -> MeasuredStatement:
+        """``facts`` (the statement and its claim, as lint classified it) with what the server showed."""
+        return cls(
+            position=position,
+            sql=facts.sql,
+            kind=facts.kind,
+            tables=facts.tables,
+            in_transaction=facts.in_transaction,
+            claimed_lock=facts.lock,
+            observed_lock=observed_lock,
+            verdict=verdict,
+            observed=observed,
+            duration_ms=duration_ms,
+            probes=probes,
+            locks=locks,
+            note=note,
+        )
+
     @property
     def bookkeeping(self) -> bool:
         return self.position is None
@@ -882,13 +913,9 @@ class _Measurer:
         on_tables = strongest(mode for (oid, mode), (_, granted) in new.items() if oid in oids and granted)
         if not note and facts.tables and not targets:
             note = "its tables are new (made in this transaction) or absent: no other session could see them"
-        return MeasuredStatement(
-            position=position,
-            sql=facts.sql,
-            kind=facts.kind,
-            tables=facts.tables,
-            in_transaction=facts.in_transaction,
-            claimed_lock=facts.lock,
+        return MeasuredStatement.of(
+            facts,
+            position,
             observed_lock=on_tables,
             verdict=verdict(facts.lock, on_tables, seen=seen),
             observed=observed,
@@ -904,13 +931,9 @@ class _Measurer:
     def _failed(
         self, facts: StatementFacts, position: int | None, exc: BaseException, duration: float
     ) -> _Outcome:
-        statement = MeasuredStatement(
-            position=position,
-            sql=facts.sql,
-            kind=facts.kind,
-            tables=facts.tables,
-            in_transaction=facts.in_transaction,
-            claimed_lock=facts.lock,
+        statement = MeasuredStatement.of(
+            facts,
+            position,
             observed_lock=None,
             verdict="not observed",
             observed="not observed",

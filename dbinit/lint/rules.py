@@ -208,6 +208,26 @@ class Finding:
     #: The revision file on disk (for SARIF's locations).
     path: Path | None = None
 
+    @classmethod
+    def of(
+        cls,
+        rule: LintRule,
+        context: RevisionContext,
+        msg: str,
+        line: int | None,
+        statement: StatementFacts | None = None,
+    ) -> Finding:
+        """``rule``'s finding on ``context``'s revision, at the level the project gives the rule."""
+        return cls(
+            message=CheckMessage(context.options.level(rule.id, rule.level), msg, rule.hint, rule.id),
+            revision=context.revision,
+            file=context.file,
+            line=line,
+            statement=statement,
+            rule=rule,
+            path=context.path,
+        )
+
     def as_json(self) -> dict[str, object]:
         return {
             "id": self.message.id,
@@ -257,20 +277,9 @@ def apply_rules(context: RevisionContext, rules: Iterable[LintRule]) -> list[Fin
             continue
         if rule.postgresql_only and context.dialect != "postgresql":
             continue
-        level = context.options.level(rule.id, rule.level)
         for hit in rule.check(context):
             line = hit.line
             if line is None:
                 line = hit.statement.line if hit.statement is not None else context.declaration_line
-            found.append(
-                Finding(
-                    message=CheckMessage(level, hit.msg, rule.hint, rule.id),
-                    revision=context.revision,
-                    file=context.file,
-                    line=line,
-                    statement=hit.statement,
-                    rule=rule,
-                    path=context.path,
-                )
-            )
+            found.append(Finding.of(rule, context, hit.msg, line, hit.statement))
     return found

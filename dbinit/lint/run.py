@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from dbinit.checks import CheckMessage, Level
+from dbinit.checks import Level
 from dbinit.lint.classify import StatementFacts, TransactionControl, classify
 from dbinit.lint.options import LintSettings
 from dbinit.lint.rules import (
@@ -197,20 +197,8 @@ def _suppress(
 
     def add(rule_id: str, msg: str, line: int) -> None:
         rule = by_id[rule_id]
-        if rule_id in context.options.disable:
-            return
-        level = context.options.level(rule_id, rule.level)
-        result.append(
-            Finding(
-                CheckMessage(level, msg, rule.hint, rule_id),
-                context.revision,
-                context.file,
-                line,
-                None,
-                rule,
-                path=context.path,
-            )
-        )
+        if rule_id not in context.options.disable:
+            result.append(Finding.of(rule, context, msg, line))
 
     for suppression in source.suppressions:
         unknown = [rule_id for rule_id in suppression.ids if rule_id not in by_id]

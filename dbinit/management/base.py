@@ -206,8 +206,7 @@ class BaseCommand:
         if stdlib_unset:
             self.log.warning("DBINIT_LOG_FORMAT=stdlib, but no stdlib logging handler would write dbinit's "
                              "lines in this process: writing them as DBINIT_LOG_FORMAT=auto does")
-        for note in self.settings.notes():
-            self.log.warning(note)
+        self.settings.log_notes(self.log)
         self.registry = Registry.for_settings(self.settings)
         code = self.handle(**options)
         return int(code or 0)

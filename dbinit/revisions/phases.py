@@ -421,9 +421,9 @@ def _classify_execute(callee: str, call: ast.Call) -> _Classified:
 
 def _parsed_phase(callee: str, sql: str, line: int) -> _Classified | None:
     """The phase of ``sql`` by PostgreSQL's parser; None when pglast is not installed."""
-    import importlib.util
+    from dbinit.lint import pglast_installed
 
-    if importlib.util.find_spec("pglast") is None:
+    if not pglast_installed():
         return None
     from dbinit.lint.classify import classify_sql as parse_and_classify
 

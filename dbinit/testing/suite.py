@@ -376,10 +376,10 @@ class Suite:
         return PASSED
 
     def lint(self) -> Outcome:
-        import importlib.util
+        from dbinit.lint import INSTALL_HINT, pglast_installed
 
-        if importlib.util.find_spec("pglast") is None:
-            return Outcome("skipped", "dbinit lint needs pglast: pip install 'dbinit-alembic[lint]'")
+        if not pglast_installed():
+            return Outcome("skipped", f"dbinit lint needs pglast: {INSTALL_HINT}")
         from dbinit.checks import Level
         from dbinit.lint.run import lint
         from dbinit.logs import log_output, make_logger

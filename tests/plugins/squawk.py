@@ -11,17 +11,16 @@ not on PATH. The version is pinned (:data:`VERSION`); the install goes to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from tests.plugins.installs import install_lock
 
 #: squawk's version, the same on npm (squawk-cli) and PyPI (squawk-cli).
 VERSION = "2.66.0"
@@ -43,17 +42,6 @@ class SquawkFinding:
 def cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "dbinit-tests" / "squawk" / VERSION
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _version_of(binary: Path) -> str:
@@ -105,7 +93,7 @@ def squawk_binary() -> Path:
         binary = Path(override)
     else:
         root = cache_dir()
-        with _locked(root.with_name(f"{VERSION}.lock")):
+        with install_lock(root.with_name(f"{VERSION}.lock")):
             found = _installed(root)
             if found is None:
                 shutil.rmtree(root, ignore_errors=True)  # what an interrupted install left
