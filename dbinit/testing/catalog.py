@@ -25,10 +25,13 @@ from typing import Any
 Objects = Mapping[tuple[str, str], str]
 
 _PG_CATALOG = r"""
-WITH ns AS (
+WITH ns AS MATERIALIZED (
     SELECT oid, nspname FROM pg_catalog.pg_namespace
     WHERE nspname NOT IN ('pg_catalog', 'information_schema')
       AND nspname !~ '^pg_(toast|temp_)'
+), rel AS MATERIALIZED (  -- the user's relations, so that attributes and indexes are found by their index
+    SELECT c.oid, c.relname, c.relkind, ns.nspname
+      FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
 )
 SELECT json_build_object(
   'schemas', (SELECT coalesce(json_agg(nspname), '[]') FROM ns),
@@ -38,10 +41,11 @@ SELECT json_build_object(
   'columns', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname, a.attname,
           pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
           pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text)), '[]')
-      FROM pg_catalog.pg_attribute a
-      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace
+      FROM rel c CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) a
+      JOIN ns ON ns.nspname = c.nspname
       LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')),
+      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')),
   'constraints', (SELECT coalesce(json_agg(json_build_array(ns.nspname, coalesce(c.relname, t.typname),
           con.conname, pg_catalog.pg_get_constraintdef(con.oid))), '[]')
       FROM pg_catalog.pg_constraint con JOIN ns ON ns.oid = con.connamespace
@@ -49,8 +53,8 @@ SELECT json_build_object(
       LEFT JOIN pg_catalog.pg_type t ON t.oid = con.contypid),
   'indexes', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname, ic.relname,
           pg_catalog.pg_get_indexdef(i.indexrelid))), '[]')
-      FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-      JOIN pg_catalog.pg_class c ON c.oid = i.indrelid JOIN ns ON ns.oid = c.relnamespace),
+      FROM rel c CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid) i
+      JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid JOIN ns ON ns.nspname = c.nspname),
   'sequences', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname,
           pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
           s.seqcycle)), '[]')
@@ -137,6 +141,8 @@ def _qualified(schema: str, name: str) -> str:
 
 
 def _postgres(connection: Any, skip: frozenset[str]) -> dict[tuple[str, str], str]:
+    # not a prepared statement: psycopg deallocates every prepared statement of the session after a
+    # DROP, ALTER or ROLLBACK, and a downgrade is made of them
     raw = connection.exec_driver_sql(_PG_CATALOG).scalar_one()
     found: dict[str, list[list[Any]]] = json.loads(raw)
     objects: dict[tuple[str, str], str] = {}
