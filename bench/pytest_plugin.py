@@ -165,6 +165,8 @@ def main() -> None:
             drop_templates(url, project / "migrations")
             timed(project, OURS_ARGS, env_ours)  # the warm-up: bytecode caches written
             timed(project, THEIRS_ARGS, env_theirs)
+            collect = [*OURS_ARGS, "--collect-only"]
+            starts = [timed(project, collect, env_ours)[0] for _ in range(options.runs)]
             for _ in range(options.runs):
                 drop_templates(url, project / "migrations")
                 wall, cpu, lines["dbinit"] = timed(project, OURS_ARGS, env_ours)
@@ -172,20 +174,25 @@ def main() -> None:
                 wall, cpu, lines["pytest-alembic"] = timed(project, THEIRS_ARGS, env_theirs)
                 theirs.append((wall, cpu))
             drop_templates(url, project / "migrations")
-            rows.append((count, "dbinit plugin", ours, lines["dbinit"]))
-            rows.append((count, "pytest-alembic built-ins", theirs, lines["pytest-alembic"]))
+            rows.append((count, "dbinit plugin", ours, lines["dbinit"], statistics.median(starts)))
+            rows.append((count, "pytest-alembic built-ins", theirs, lines["pytest-alembic"], 0.0))
     print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{options.runs} runs each, alternating; medians.\n")
     print("| revisions | suite | wall s | CPU s | result | wall ratio | CPU ratio |")
     print("|---:|---|---:|---:|---|---:|---:|")
+    beyond = []
     for index in range(0, len(rows), 2):
-        count, _, ours, ours_line = rows[index]
-        _, _, theirs, theirs_line = rows[index + 1]
+        count, _, ours, ours_line, start = rows[index]
+        _, _, theirs, theirs_line, _ = rows[index + 1]
         ow, oc = statistics.median(w for w, _ in ours), statistics.median(c for _, c in ours)
         tw, tc = statistics.median(w for w, _ in theirs), statistics.median(c for _, c in theirs)
         print(f"| {count} | dbinit plugin | {ow:.2f} | {oc:.2f} | {ours_line.strip('= ')} | | |")
         print(f"| {count} | pytest-alembic built-ins | {tw:.2f} | {tc:.2f} | {theirs_line.strip('= ')} | "
               f"{tw / ow:.1f}x | {tc / oc:.1f}x |")
+        beyond.append(f"{count} revisions: {start:.2f} s, {(tw - start) / (ow - start):.1f}x on the rest")
+    print("\nThe start both pay (pytest, the plugin, the project loaded: dbinit's `--collect-only`, wall), "
+          "and pytest-alembic's wall time over dbinit's once it is taken off both: "
+          + "; ".join(beyond) + ".")
 
 
 if __name__ == "__main__":
