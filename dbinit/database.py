@@ -394,27 +394,31 @@ class PostgresProbe:
     def __init__(self, connection: asyncpg.Connection, options: ProbeOptions) -> None:
         self._connection = connection
         self._long_lived = options.long_lived
-        # (count_tables, with_versions) -> statement
-        # (count_tables, with_versions, with_history) -> statement
-        self._queries = {
-            (count, versions, history): postgres_state_query(
-                options.schema,
-                options.version_table,
-                with_versions=versions,
-                count_tables=count,
-                version_schema=options.version_schema,
-                history_table=options.history_table,
-                with_history=history,
-            )
-            for count in (True, False)
-            for versions in (True, False)
-            for history in (True, False)
-        }
+        self._options = options
+        # (count_tables, with_versions, with_history) -> statement, built when first needed (a start
+        # needs one of the eight)
+        self._queries: dict[tuple[bool, bool, bool], str] = {}
         self._timeout = options.query_timeout
         self._history_table = options.history_table
         #: Set once the history table was found missing: a kept connection then reads the
         #: versions without it (one statement), until that statement sees the table appear.
         self._without_history = False
+
+    def _query(self, count_tables: bool, with_versions: bool, with_history: bool) -> str:
+        key = (count_tables, with_versions, with_history)
+        query = self._queries.get(key)
+        if query is None:
+            options = self._options
+            query = self._queries[key] = postgres_state_query(
+                options.schema,
+                options.version_table,
+                with_versions=with_versions,
+                count_tables=count_tables,
+                version_schema=options.version_schema,
+                history_table=options.history_table,
+                with_history=with_history,
+            )
+        return query
 
     @classmethod
     async def connect(cls, url: DatabaseURL, options: ProbeOptions) -> PostgresProbe:
@@ -448,19 +452,19 @@ class PostgresProbe:
         import asyncpg
 
         missing = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.WrongObjectTypeError)
-        first = self._queries[count_tables, True, not self._without_history]
+        first = self._query(count_tables, True, not self._without_history)
         try:
             try:
                 fields = await self._fetch(first)
             except missing as exc:
                 if not self._without_history and self._history_failed(first, exc):
-                    fields = await self._fetch(self._queries[count_tables, True, False])
+                    fields = await self._fetch(self._query(count_tables, True, False))
                     self._without_history = self._long_lived
                     return self._state(fields, history_readable=False)
-                fields = await self._fetch(self._queries[count_tables, False, False])
+                fields = await self._fetch(self._query(count_tables, False, False))
                 if not self._without_history and shows_version_table(fields[4]):
                     try:
-                        fields = await self._fetch(self._queries[count_tables, True, False])
+                        fields = await self._fetch(self._query(count_tables, True, False))
                     except missing:
                         pass  # the version table changed meanwhile: the fallback's answer stands
                     else:
@@ -472,7 +476,7 @@ class PostgresProbe:
             # a role granted SELECT on the version table only: verify without the history (its
             # verdicts on a newer database say ahead_unknown, and why)
             try:
-                fields = await self._fetch(self._queries[count_tables, True, False])
+                fields = await self._fetch(self._query(count_tables, True, False))
             except asyncpg.InsufficientPrivilegeError as again:
                 raise self._denied(again) from None
             except _lost_errors() as again:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import re
 import socket
 from collections.abc import Mapping, Sequence
@@ -403,9 +404,15 @@ def ensure_in_transaction(connection: Any, table: HistoryTable) -> None:
 def record_in_transaction(connection: Any, table: HistoryTable, row: HistoryRow) -> None:
     """Insert ``row`` through Alembic's connection, inside the revision's transaction (it commits
     with the revision, or rolls back with it)."""
+    connection.execute(_insert_clause(table), row.values(table.backend))
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_clause(table: HistoryTable) -> Any:
+    """The INSERT as a SQLAlchemy ``text()`` clause, made once per table (not once per revision)."""
     from sqlalchemy import text
 
-    connection.execute(text(table.insert_sql("named")), row.values(table.backend))
+    return text(table.insert_sql("named"))
 
 
 class HistoryUnavailable(Exception):
