@@ -38,13 +38,13 @@ import pluggy
 from dbinit import hookspecs
 from dbinit.checks import Check
 from dbinit.errors import FOREIGN_FAILURES, DbinitError, ExitCode, PluginError, is_connection_failure
-from dbinit.strategies import Strategy
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from dbinit.lint.rules import LintRule
     from dbinit.settings import Settings
+    from dbinit.strategies import Strategy
 
 PROJECT = "dbinit"
 T = TypeVar("T")
@@ -520,6 +520,8 @@ class Registry:
 
     def strategies(self, settings: Settings) -> Mapping[str, Strategy]:
         """``dbinit_strategies``: name -> strategy, each with its plugin's name."""
+
+        from dbinit.strategies import Strategy  # not on verify's path: only migrate needs strategies
 
         def collect() -> dict[str, Strategy]:
             items = self._collect("dbinit_strategies", settings, Strategy, lambda s: s.name, "strategy name")

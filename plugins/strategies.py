@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dbinit import hookimpl
-from dbinit.strategies import Strategy, StrategyContext
 
 if TYPE_CHECKING:
     from dbinit.settings import Settings
+    from dbinit.strategies import Strategy, StrategyContext
 
 
 def run_upgrade(context: StrategyContext) -> list[str]:
@@ -47,24 +47,24 @@ def check_command(settings: Settings) -> None:
     check_command(settings)
 
 
-UPGRADE = Strategy("upgrade", run_upgrade, "Alembic upgrade heads, one transaction per migration")
-RECREATE = Strategy(
-    "recreate",
-    run_recreate,
-    "Drop everything in the target schema, then upgrade",
-    destructive=True,
-    force_recreate=True,
-)
-
-COMMAND = Strategy(
-    "command",
-    run_command,
-    "The project's own migrator (DBINIT_MIGRATE_COMMAND) under dbinit's lock, then verify",
-    check=check_command,
-    runs_alembic=False,
-)
-
-
 @hookimpl(trylast=True)
 def dbinit_strategies() -> tuple[Strategy, ...]:
-    return (UPGRADE, RECREATE, COMMAND)
+    # dbinit.strategies is imported here, not at the top: verify's path loads this plugin, never a strategy
+    from dbinit.strategies import Strategy
+
+    upgrade = Strategy("upgrade", run_upgrade, "Alembic upgrade heads, one transaction per migration")
+    recreate = Strategy(
+        "recreate",
+        run_recreate,
+        "Drop everything in the target schema, then upgrade",
+        destructive=True,
+        force_recreate=True,
+    )
+    command = Strategy(
+        "command",
+        run_command,
+        "The project's own migrator (DBINIT_MIGRATE_COMMAND) under dbinit's lock, then verify",
+        check=check_command,
+        runs_alembic=False,
+    )
+    return (upgrade, recreate, command)
