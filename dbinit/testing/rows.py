@@ -26,10 +26,13 @@ from typing import Any
 ROWS_PER_TABLE = 2
 
 _PG_TABLES = r"""
-WITH ns AS (
+WITH ns AS MATERIALIZED (
     SELECT oid, nspname FROM pg_catalog.pg_namespace
     WHERE nspname NOT IN ('pg_catalog', 'information_schema')
       AND nspname !~ '^pg_(toast|temp_)'
+), rel AS MATERIALIZED (  -- the user's tables, so that their attributes are found by their index
+    SELECT c.oid, c.relname, ns.nspname FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
 )
 SELECT json_build_object(
   'tables', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname) ORDER BY 1), '[]')
@@ -43,11 +46,11 @@ SELECT json_build_object(
           CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END)
           ORDER BY ns.nspname, c.relname, a.attnum),
           '[]')
-      FROM pg_catalog.pg_attribute a
-      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace
+      FROM rel c CROSS JOIN LATERAL (SELECT * FROM pg_catalog.pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) a
+      JOIN ns ON ns.nspname = c.nspname
       JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-      JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') AND NOT c.relispartition),
+      JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END),
   'keys', (SELECT coalesce(json_agg(json_build_array(ns.nspname, c.relname,
           (SELECT json_agg(a.attname ORDER BY k.i) FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
            JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n),
