@@ -2,25 +2,89 @@
 
 ``dbinit manifest`` writes ``.dbinit-revisions.json`` into the first versions
 folder: every revision (id, down revisions, branch labels, dependencies,
-file) and, for freshness, every candidate file's size and modification time.
-At start-up ``verify`` stats the files (a few ms for a thousand) and, if
-nothing changed, builds the graph from the manifest instead of reading every
-file. Any difference -- a file added, removed, edited -- and the manifest is
-ignored (the files are read, correctly, only slower) with a warning to
-regenerate it. Alembic ignores the file (it is not a ``.py``).
+file), every revision's phase (:mod:`.phases`, format 2) and, for freshness,
+every candidate file's size and modification time. At start-up ``verify``
+stats the files (a few ms for a thousand) and, if nothing changed, builds the
+graph from the manifest instead of reading every file. Any difference -- a
+file added, removed, edited -- and the manifest is ignored (the files are
+read, correctly, only slower) with a warning to regenerate it. Alembic
+ignores the file (it is not a ``.py``).
+
+The phases are checked for shape when the manifest is loaded but become
+:class:`~dbinit.revisions.phases.RevisionPhase` objects only when asked for
+(``migrate``, ``check``, ``showmigrations``; ``verify`` never is), and only if
+the running process would compute the same ones: the same dbinit version, and
+PostgreSQL's parser (pglast) installed or not as when the manifest was
+written (raw SQL is classified with it when it is). Otherwise they are
+computed from the files, as without a manifest. A format-1 manifest (no
+phases) still gives the graph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dbinit import __version__
 from dbinit.revisions.graph import Revision, RevisionGraph
 from dbinit.revisions.layout import AlembicLayout, revision_file_paths
 
+if TYPE_CHECKING:
+    from dbinit.revisions.phases import RevisionPhase
+
 MANIFEST_NAME = ".dbinit-revisions.json"
-FORMAT = 1
+#: 2: with the revisions' phases. 1 (the previous release's) is still read, for the graph.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+
+#: One recorded phase: revision, phase, source, compatible_since, reason, line (RevisionPhase's fields).
+PhaseRow = tuple[str, str, str, str, str, "int | None"]
+_PHASE_VALUES = frozenset({"expand", "contract"})
+_SOURCE_VALUES = frozenset({"declared", "inferred"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedPhases:
+    """The phases a manifest records, checked for shape, not yet built into RevisionPhase objects."""
+
+    rows: tuple[PhaseRow, ...]
+    #: Whether pglast was installed (raw SQL classified by PostgreSQL's parser) when they were computed.
+    pglast: bool
+    #: The dbinit version that computed them (its classification rules).
+    dbinit_version: str
+
+    def applies(self) -> bool:
+        """Whether this process would compute the same phases: same dbinit, pglast installed or not alike."""
+        from dbinit.lint import pglast_installed
+
+        return self.dbinit_version == __version__ and self.pglast == pglast_installed()
+
+    def build(self) -> dict[str, RevisionPhase]:
+        """The phases, in the order they were computed (upgrade order)."""
+        from dbinit.revisions.phases import RevisionPhase
+
+        return {
+            row[0]: RevisionPhase(
+                revision=row[0],
+                phase=row[1],  # type: ignore[arg-type]  # checked on load
+                source=row[2],  # type: ignore[arg-type]
+                compatible_since=row[3],
+                reason=row[4],
+                line=row[5],
+            )
+            for row in self.rows
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedManifest:
+    """What a fresh manifest gives: the graph and, from format 2, the phases."""
+
+    graph: RevisionGraph
+    phases: RecordedPhases | None
 
 
 def manifest_path(layout: AlembicLayout) -> Path:
@@ -43,7 +107,18 @@ def fingerprint(layout: AlembicLayout) -> dict[str, list[int]]:
 
 
 def write_manifest(layout: AlembicLayout, graph: RevisionGraph) -> Path:
-    """Write the manifest (atomically) for a graph already validated; returns its path."""
+    """Write the manifest (atomically) for a graph already validated; returns its path.
+
+    Computes every revision's phase from the files: raises
+    :class:`~dbinit.errors.ConfigurationError` (exit 2, file and line named) for a
+    wrong ``dbinit_phase`` / ``dbinit_compatible_since``, as ``migrate`` does, and
+    then writes nothing.
+    """
+    from dbinit.lint import pglast_installed
+    from dbinit.revisions.phases import compute_phases
+
+    pglast = pglast_installed()
+    phases = compute_phases(graph)
     revisions = list(graph.revisions.values())
     document = {
         "format": FORMAT,
@@ -61,6 +136,13 @@ def write_manifest(layout: AlembicLayout, graph: RevisionGraph) -> Path:
             }
             for r in revisions
         ],
+        "phases": {
+            "pglast": pglast,
+            "dbinit": __version__,
+            "revisions": [
+                [p.revision, p.phase, p.source, p.compatible_since, p.reason, p.line] for p in phases.values()
+            ],
+        },
     }
     target = manifest_path(layout)
     temporary = target.with_suffix(".tmp")
@@ -74,11 +156,17 @@ class StaleManifest(Exception):
 
 
 def load_manifest(layout: AlembicLayout) -> RevisionGraph | None:
-    """The graph from a fresh manifest; None if there is none.
+    """The graph from a fresh manifest; None if there is none (see :func:`read_manifest`)."""
+    loaded = read_manifest(layout)
+    return loaded.graph if loaded is not None else None
 
-    Raises :class:`StaleManifest` when one exists but the files changed. The
-    graph was validated when the manifest was written from these very files,
-    so it is not validated again.
+
+def read_manifest(layout: AlembicLayout) -> LoadedManifest | None:
+    """The graph and phases from a fresh manifest; None if there is none.
+
+    Raises :class:`StaleManifest` when one exists but the files changed, or it
+    is malformed. The graph was validated when the manifest was written from
+    these very files, so it is not validated again; the phases' shape is.
     """
     path = manifest_path(layout)
     try:
@@ -91,12 +179,14 @@ def load_manifest(layout: AlembicLayout) -> RevisionGraph | None:
         document = json.loads(text)
     except ValueError:
         raise StaleManifest(f"{path.name} is not valid JSON") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") not in READABLE_FORMATS:
         raise StaleManifest(f"{path.name} has an unknown format")
     if document.get("files") != fingerprint(layout):
         raise StaleManifest(f"the revision files changed since {path.name} was written")
     try:
-        return _graph_of(document, str(layout.version_locations[0]) + os.sep)
+        graph = _graph_of(document, str(layout.version_locations[0]) + os.sep)
+        phases = _phases_of(document["phases"], graph) if document["format"] >= 2 else None
+        return LoadedManifest(graph, phases)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # Fresh fingerprint, broken body (edited by hand, truncated, another tool's).
         raise StaleManifest(
@@ -131,3 +221,34 @@ def _graph_of(document: dict[str, object], base: str) -> RevisionGraph:
     if not all(isinstance(h, str) and h in revisions for h in (*heads, *bases)):
         raise ValueError("a head or base is not one of its revisions")
     return RevisionGraph(revisions=revisions, heads=tuple(heads), bases=tuple(bases), labels=dict(labels))
+
+
+def _phases_of(part: object, graph: RevisionGraph) -> RecordedPhases:
+    """The phases part of a format-2 manifest, checked: one well-shaped row per revision of ``graph``."""
+    if not isinstance(part, dict):
+        raise TypeError("phases is not an object")
+    items, pglast, version = part["revisions"], part["pglast"], part["dbinit"]
+    if not (isinstance(items, list) and isinstance(pglast, bool) and isinstance(version, str)):
+        raise TypeError("phases.revisions, phases.pglast or phases.dbinit has the wrong type")
+    revisions = graph.revisions
+    phase_values, source_values = _PHASE_VALUES, _SOURCE_VALUES
+    rows: list[PhaseRow] = []
+    append = rows.append
+    for item in items:
+        # type() is: neither bool for the line nor a str subclass passes, and it is the cheap check
+        if not (
+            type(item) is list
+            and len(item) == 6
+            and item[0] in revisions
+            and item[1] in phase_values
+            and item[2] in source_values
+            and item[3] in revisions
+            and type(item[4]) is str
+            and (item[5] is None or type(item[5]) is int)
+        ):
+            shown = str(item)[:60]
+            raise ValueError(f"phase row {shown} is not [revision, phase, source, since, reason, line]")
+        append(tuple(item))  # type: ignore[arg-type]
+    if len(rows) != len(revisions) or len({row[0] for row in rows}) != len(rows):
+        raise ValueError("the phases are not one per revision")
+    return RecordedPhases(tuple(rows), pglast, version)
