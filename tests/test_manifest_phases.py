@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -155,27 +156,39 @@ def test_a_format_1_manifest_still_gives_the_graph(project: Path, database: Test
     assert "Revision manifest not used" not in verified.stderr
 
 
-def _rows(document: dict[str, object]) -> list[list[object]]:
+def _part(document: dict[str, object]) -> dict[str, object]:
     phases = document["phases"]
     assert isinstance(phases, dict)
-    rows: list[list[object]] = phases["revisions"]
-    return rows
+    return phases
 
 
-MALFORMED = {
+def _column(document: dict[str, object], name: str) -> list[object]:
+    column = _part(document)[name]
+    assert isinstance(column, list)
+    return column
+
+
+def _letters(document: dict[str, object], name: str, first: str) -> None:
+    _part(document)[name] = first + str(_part(document)[name])[1:]
+
+
+MALFORMED: dict[str, Callable[[dict[str, object]], object]] = {
     "no_phases": lambda d: d.pop("phases"),
     "phases_not_an_object": lambda d: d.update(phases=[]),
-    "no_pglast_flag": lambda d: d["phases"].pop("pglast"),
-    "pglast_not_a_bool": lambda d: d["phases"].update(pglast="yes"),
-    "unknown_phase": lambda d: _rows(d)[0].__setitem__(1, "sideways"),
-    "unknown_source": lambda d: _rows(d)[0].__setitem__(2, "guessed"),
-    "since_not_a_revision": lambda d: _rows(d)[0].__setitem__(3, "ffffffffffff"),
-    "line_a_string": lambda d: _rows(d)[-1].__setitem__(5, "22"),
-    "line_a_bool": lambda d: _rows(d)[-1].__setitem__(5, True),
-    "short_row": lambda d: _rows(d)[0].pop(),
-    "unhashable_revision": lambda d: _rows(d)[0].__setitem__(0, ["a0000000000a"]),
-    "a_revision_missing": lambda d: _rows(d).pop(),
-    "a_revision_twice": lambda d: _rows(d).__setitem__(0, list(_rows(d)[1])),
+    "no_pglast_flag": lambda d: _part(d).pop("pglast"),
+    "pglast_not_a_bool": lambda d: _part(d).update(pglast="yes"),
+    "no_reason_column": lambda d: _part(d).pop("reason"),
+    "unknown_phase": lambda d: _letters(d, "phase", "x"),
+    "unknown_source": lambda d: _letters(d, "source", "g"),
+    "phase_a_list": lambda d: _part(d).update(phase=list(str(_part(d)["phase"]))),
+    "since_not_a_revision": lambda d: _column(d, "compatible_since").__setitem__(0, "ffffffffffff"),
+    "line_a_string": lambda d: _column(d, "line").__setitem__(-1, "22"),
+    "line_a_bool": lambda d: _column(d, "line").__setitem__(-1, True),
+    "reason_not_a_string": lambda d: _column(d, "reason").__setitem__(0, 1),
+    "a_column_short": lambda d: _column(d, "reason").pop(),
+    "unhashable_revision": lambda d: _column(d, "revision").__setitem__(0, ["a0000000000a"]),
+    "unknown_revision": lambda d: _column(d, "revision").__setitem__(0, "ffffffffffff"),
+    "a_revision_twice": lambda d: _column(d, "revision").__setitem__(0, _column(d, "revision")[1]),
 }
 
 
@@ -249,7 +262,7 @@ def test_a_manifest_written_without_pglast_is_not_used_for_phases_with_it(projec
     assert written.returncode == 0, written.stderr
     document = json.loads(manifest_file(project).read_text())
     assert document["phases"]["pglast"] is False
-    assert _rows(document)[-1][4] == TOKENIZER_REASON
+    assert _column(document, "reason")[-1] == TOKENIZER_REASON
     rewrite_keeping_the_fingerprint(paths["declared_expand"], 'dbinit_phase = "expand"  ',
                                     'dbinit_phase = "contract"')
     scripts = read_migration_scripts(project / "alembic.ini")
@@ -261,9 +274,7 @@ def test_a_manifest_written_without_pglast_is_not_used_for_phases_with_it(projec
 def test_a_manifest_from_another_dbinit_version_is_not_used_for_phases(project: Path) -> None:
     paths = mixed_project(project)
     document = write_manifest(project)
-    phases = document["phases"]
-    assert isinstance(phases, dict)
-    phases["dbinit"] = "0.0.0"  # its classification rules may differ from this version's
+    _part(document)["dbinit"] = "0.0.0"  # its classification rules may differ from this version's
     manifest_file(project).write_text(json.dumps(document))
     rewrite_keeping_the_fingerprint(paths["declared_expand"], 'dbinit_phase = "expand"  ',
                                     'dbinit_phase = "contract"')

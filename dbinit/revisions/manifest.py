@@ -40,17 +40,25 @@ MANIFEST_NAME = ".dbinit-revisions.json"
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
-#: One recorded phase: revision, phase, source, compatible_since, reason, line (RevisionPhase's fields).
-PhaseRow = tuple[str, str, str, str, str, "int | None"]
-_PHASE_VALUES = frozenset({"expand", "contract"})
-_SOURCE_VALUES = frozenset({"declared", "inferred"})
+#: The phases part is stored by column, each in upgrade order, so that loading it (on verify's path,
+#: which never uses it) creates few objects: ``phase`` and ``source`` are strings of one letter per
+#: revision (e/c: expand/contract, d/i: declared/inferred); ``revision``, ``compatible_since``,
+#: ``reason`` and ``line`` lists.
+_PHASE_CODES = {"e": "expand", "c": "contract"}
+_SOURCE_CODES = {"d": "declared", "i": "inferred"}
 
 
 @dataclasses.dataclass(frozen=True)
 class RecordedPhases:
     """The phases a manifest records, checked for shape, not yet built into RevisionPhase objects."""
 
-    rows: tuple[PhaseRow, ...]
+    #: RevisionPhase's fields by column, in upgrade order (``phase``/``source``: one letter each).
+    revision: list[str]
+    phase: str
+    source: str
+    compatible_since: list[str]
+    reason: list[str]
+    line: list[int | None]
     #: Whether pglast was installed (raw SQL classified by PostgreSQL's parser) when they were computed.
     pglast: bool
     #: The dbinit version that computed them (its classification rules).
@@ -66,16 +74,20 @@ class RecordedPhases:
         """The phases, in the order they were computed (upgrade order)."""
         from dbinit.revisions.phases import RevisionPhase
 
+        phases, sources = _PHASE_CODES, _SOURCE_CODES
         return {
-            row[0]: RevisionPhase(
-                revision=row[0],
-                phase=row[1],  # type: ignore[arg-type]  # checked on load
-                source=row[2],  # type: ignore[arg-type]
-                compatible_since=row[3],
-                reason=row[4],
-                line=row[5],
+            revision: RevisionPhase(
+                revision=revision,
+                phase=phases[phase],  # type: ignore[arg-type]  # a Phase: the codes were checked on load
+                source=sources[source],  # type: ignore[arg-type]
+                compatible_since=since,
+                reason=reason,
+                line=line,
             )
-            for row in self.rows
+            for revision, phase, source, since, reason, line in zip(
+                self.revision, self.phase, self.source, self.compatible_since, self.reason, self.line,
+                strict=True,
+            )
         }
 
 
@@ -139,9 +151,12 @@ def write_manifest(layout: AlembicLayout, graph: RevisionGraph) -> Path:
         "phases": {
             "pglast": pglast,
             "dbinit": __version__,
-            "revisions": [
-                [p.revision, p.phase, p.source, p.compatible_since, p.reason, p.line] for p in phases.values()
-            ],
+            "revision": list(phases),
+            "phase": "".join(p.phase[0] for p in phases.values()),
+            "source": "".join(p.source[0] for p in phases.values()),
+            "compatible_since": [p.compatible_since for p in phases.values()],
+            "reason": [p.reason for p in phases.values()],
+            "line": [p.line for p in phases.values()],
         },
     }
     target = manifest_path(layout)
@@ -224,31 +239,33 @@ def _graph_of(document: dict[str, object], base: str) -> RevisionGraph:
 
 
 def _phases_of(part: object, graph: RevisionGraph) -> RecordedPhases:
-    """The phases part of a format-2 manifest, checked: one well-shaped row per revision of ``graph``."""
+    """The phases part of a format-2 manifest, checked: one phase per revision of ``graph``, well shaped.
+
+    Whole-column checks (a set, ``str.strip``) rather than a loop per revision: this runs on
+    verify's path.
+    """
     if not isinstance(part, dict):
         raise TypeError("phases is not an object")
-    items, pglast, version = part["revisions"], part["pglast"], part["dbinit"]
-    if not (isinstance(items, list) and isinstance(pglast, bool) and isinstance(version, str)):
-        raise TypeError("phases.revisions, phases.pglast or phases.dbinit has the wrong type")
-    revisions = graph.revisions
-    phase_values, source_values = _PHASE_VALUES, _SOURCE_VALUES
-    rows: list[PhaseRow] = []
-    append = rows.append
-    for item in items:
-        # type() is: neither bool for the line nor a str subclass passes, and it is the cheap check
-        if not (
-            type(item) is list
-            and len(item) == 6
-            and item[0] in revisions
-            and item[1] in phase_values
-            and item[2] in source_values
-            and item[3] in revisions
-            and type(item[4]) is str
-            and (item[5] is None or type(item[5]) is int)
-        ):
-            shown = str(item)[:60]
-            raise ValueError(f"phase row {shown} is not [revision, phase, source, since, reason, line]")
-        append(tuple(item))  # type: ignore[arg-type]
-    if len(rows) != len(revisions) or len({row[0] for row in rows}) != len(rows):
-        raise ValueError("the phases are not one per revision")
-    return RecordedPhases(tuple(rows), pglast, version)
+    pglast, version = part["pglast"], part["dbinit"]
+    revision, phase, source = part["revision"], part["phase"], part["source"]
+    since, reason, line = part["compatible_since"], part["reason"], part["line"]
+    if not (type(pglast) is bool and type(version) is str):
+        raise TypeError("phases.pglast or phases.dbinit has the wrong type")
+    count = len(graph.revisions)
+    if not (
+        type(revision) is list and type(since) is list and type(reason) is list and type(line) is list
+        and type(phase) is str and type(source) is str
+        and len(revision) == len(phase) == len(source) == len(since) == len(reason) == len(line) == count
+    ):
+        raise TypeError("a column of phases has the wrong type or length")
+    known = graph.revisions.keys()
+    if phase.strip("ec") or source.strip("di"):
+        raise ValueError("phases.phase or phases.source has an unknown letter")
+    # set(): a list or dict among them is a TypeError (malformed), as it should be
+    if not (len(listed := set(revision)) == count and known >= listed and known >= set(since)):
+        raise ValueError("phases.revision or phases.compatible_since are not the revisions, once each")
+    if not all(type(r) is str for r in reason):
+        raise TypeError("a phases.reason is not a string")
+    if not all(n is None or type(n) is int for n in line):
+        raise TypeError("a phases.line is not a line number")
+    return RecordedPhases(revision, phase, source, since, reason, line, pglast, version)
