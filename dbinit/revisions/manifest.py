@@ -22,7 +22,6 @@ phases) still gives the graph.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -48,21 +47,39 @@ _PHASE_CODES = {"e": "expand", "c": "contract"}
 _SOURCE_CODES = {"d": "declared", "i": "inferred"}
 
 
-@dataclasses.dataclass(frozen=True)
 class RecordedPhases:
-    """The phases a manifest records, checked for shape, not yet built into RevisionPhase objects."""
+    """The phases a manifest records, checked for shape, not yet built into RevisionPhase objects.
 
-    #: RevisionPhase's fields by column, in upgrade order (``phase``/``source``: one letter each).
-    revision: list[str]
-    phase: str
-    source: str
-    compatible_since: list[str]
-    reason: list[str]
-    line: list[int | None]
-    #: Whether pglast was installed (raw SQL classified by PostgreSQL's parser) when they were computed.
-    pglast: bool
-    #: The dbinit version that computed them (its classification rules).
-    dbinit_version: str
+    A plain class, as :class:`LoadedManifest`: this module is imported on verify's path, and
+    creating a dataclass costs about a millisecond at import.
+    """
+
+    __slots__ = (
+        "compatible_since", "dbinit_version", "line", "pglast", "phase", "reason", "revision", "source"
+    )
+
+    def __init__(
+        self,
+        revision: list[str],
+        phase: str,
+        source: str,
+        compatible_since: list[str],
+        reason: list[str],
+        line: list[int | None],
+        pglast: bool,
+        dbinit_version: str,
+    ) -> None:
+        #: RevisionPhase's fields by column, in upgrade order (``phase``/``source``: one letter each).
+        self.revision = revision
+        self.phase = phase
+        self.source = source
+        self.compatible_since = compatible_since
+        self.reason = reason
+        self.line = line
+        #: Whether pglast was installed (raw SQL classified by PostgreSQL's parser) when they were computed.
+        self.pglast = pglast
+        #: The dbinit version that computed them (its classification rules).
+        self.dbinit_version = dbinit_version
 
     def applies(self) -> bool:
         """Whether this process would compute the same phases: same dbinit, pglast installed or not alike."""
@@ -91,12 +108,14 @@ class RecordedPhases:
         }
 
 
-@dataclasses.dataclass(frozen=True)
 class LoadedManifest:
     """What a fresh manifest gives: the graph and, from format 2, the phases."""
 
-    graph: RevisionGraph
-    phases: RecordedPhases | None
+    __slots__ = ("graph", "phases")
+
+    def __init__(self, graph: RevisionGraph, phases: RecordedPhases | None) -> None:
+        self.graph = graph
+        self.phases = phases
 
 
 def manifest_path(layout: AlembicLayout) -> Path:
