@@ -14,9 +14,10 @@ from dbinit.revisions.scripts import read_migration_scripts
 
 class Command(BaseCommand):
     help = (
-        "Write .dbinit-revisions.json into the versions folder: the revision graph read once, "
-        "so that `verify` does not read every migration file at each start (run it in the "
-        "Dockerfile after copying the migrations). --check exits 2 if it is missing or stale."
+        "Write .dbinit-revisions.json into the versions folder: the revision graph and every "
+        "revision's phase read once, so that `verify` and `migrate` do not read every migration file "
+        "at each start (run it in the Dockerfile after copying the migrations). A wrong dbinit_phase "
+        "or dbinit_compatible_since exits 2. --check exits 2 if it is missing or stale."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

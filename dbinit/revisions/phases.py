@@ -20,6 +20,8 @@ or ``depends_on`` -- the one latest in upgrade order); for a root, itself.
 Computed lazily, once per :class:`~dbinit.revisions.scripts.MigrationScripts`:
 only ``migrate``, ``showmigrations`` and ``check`` need phases; ``verify``
 reads ``compatible_since`` from the database's history and never gets here.
+``dbinit manifest`` records them, computed at image build time; a fresh
+manifest's are then used instead of reading the files again.
 """
 
 from __future__ import annotations
@@ -97,13 +99,21 @@ class _Declared:
 def revision_phases(scripts: MigrationScripts) -> Mapping[str, RevisionPhase]:
     """Every revision's phase, computed once per ``scripts`` (cached on it).
 
+    From the manifest when ``scripts`` came from a fresh one that records them
+    (:mod:`.manifest`, written by this dbinit version with pglast installed or
+    not alike), else from the files.
+
     Raises :class:`ConfigurationError` (exit 2), naming the file and line, for
     a ``dbinit_phase`` that is not "expand" or "contract", or a
     ``dbinit_compatible_since`` that is not this revision or an ancestor.
     """
     cached = scripts._phases
     if cached is None:
-        cached = compute_phases(scripts.graph)
+        recorded = scripts.manifest_phases
+        if recorded is not None and recorded.applies():
+            cached = recorded.build()  # from a fresh manifest: no file is read
+        else:
+            cached = compute_phases(scripts.graph)
         object.__setattr__(scripts, "_phases", cached)
     return cached
 

@@ -17,6 +17,7 @@ from dbinit.revisions.layout import AlembicLayout, find_layout, list_revision_fi
 from dbinit.revisions.reader import UnreadableRevision, read_revision
 
 if TYPE_CHECKING:
+    from dbinit.revisions.manifest import RecordedPhases
     from dbinit.revisions.phases import RevisionPhase
 
 #: How one file was read: the fast path, :mod:`ast`, or only Alembic could (it imports the file).
@@ -43,6 +44,10 @@ class MigrationScripts:
     manifest_note: str = ""
     #: The pyproject.toml whose [tool.alembic] configures Alembic, if any.
     pyproject: Path | None = None
+    #: The phases a fresh manifest records (format 2), still unbuilt: the first
+    #: :func:`dbinit.revisions.phases.revision_phases` builds ``_phases`` from them, without
+    #: reading a file, if this process would compute the same ones.
+    manifest_phases: RecordedPhases | None = dataclasses.field(default=None, repr=False, compare=False)
     #: The revisions' phases, computed on first use by :func:`dbinit.revisions.phases.revision_phases`
     #: (verify never needs them).
     _phases: Mapping[str, RevisionPhase] | None = dataclasses.field(
@@ -74,10 +79,10 @@ def read_migration_scripts(
     layout = find_layout(alembic_ini, migrations_dir)
     note = ""
     if use_manifest and not layout.sourceless:
-        from dbinit.revisions.manifest import StaleManifest, load_manifest
+        from dbinit.revisions.manifest import StaleManifest, read_manifest
 
         try:
-            listed = load_manifest(layout)
+            listed = read_manifest(layout)
         except StaleManifest as exc:
             listed, note = None, str(exc)
         if listed is not None:
@@ -85,9 +90,10 @@ def read_migration_scripts(
                 layout.alembic_ini,
                 layout.script_location,
                 layout.version_locations,
-                listed,
+                listed.graph,
                 source="manifest",
                 pyproject=layout.pyproject,
+                manifest_phases=listed.phases,
             )
     reads = _read_files(layout) if not layout.sourceless else _Reads()
     source: Literal["static", "alembic"] = "static"
