@@ -32,29 +32,23 @@ PARSER_REASON = f"op.execute({RAW_SQL!r}): DROP COLUMN x: the previous release s
 TOKENIZER_REASON = f"op.execute({RAW_SQL!r}): ALTER ... DROP"
 
 
-def revision(project: Path, rev: str, down: str | None, body: str = "pass", module: str = "") -> Path:
-    path = add_revision(project, rev, down, body)
-    if module:
-        path.write_text(path.read_text() + "\n" + module + "\n")
-    return path
-
 
 def mixed_project(project: Path) -> dict[str, Path]:
     """Declared, inferred and raw-SQL revisions after the example's three (they run, on both databases)."""
     since = 'dbinit_phase = "contract"\ndbinit_compatible_since = "a0000000000b"'
     return {
         # 2 spaces after "expand": room for "contract" in the same size
-        "declared_expand": revision(project, "a0000000000a", HEAD, LEGACY_TABLE,
+        "declared_expand": add_revision(project, "a0000000000a", HEAD, LEGACY_TABLE,
                                     module='dbinit_phase = "expand"  '),
-        "inferred_contract": revision(project, "a0000000000b", "a0000000000a",
+        "inferred_contract": add_revision(project, "a0000000000b", "a0000000000a",
                                       'op.drop_column("legacy", "old")'),
-        "declared_since": revision(project, "a0000000000c", "a0000000000b", 'op.drop_table("legacy")',
+        "declared_since": add_revision(project, "a0000000000c", "a0000000000b", 'op.drop_table("legacy")',
                                    module=since),
-        "inferred_expand": revision(project, "a0000000000d", "a0000000000c",
+        "inferred_expand": add_revision(project, "a0000000000d", "a0000000000c",
                                     'op.add_column("orders", sa.Column("x", sa.Text(), nullable=True))'),
-        "raw_sql_update": revision(project, "a0000000000e", "a0000000000d",
+        "raw_sql_update": add_revision(project, "a0000000000e", "a0000000000d",
                                    'op.execute("UPDATE orders SET x = \'new\' WHERE x IS NULL")'),
-        "raw_sql_drop": revision(project, "a0000000000f", "a0000000000e", f"op.execute({RAW_SQL!r})"),
+        "raw_sql_drop": add_revision(project, "a0000000000f", "a0000000000e", f"op.execute({RAW_SQL!r})"),
     }
 
 
@@ -223,8 +217,8 @@ INVALID = {
 @pytest.mark.parametrize("case", sorted(INVALID))
 def test_an_invalid_declaration_fails_dbinit_manifest(project: Path, case: str) -> None:
     module, message = INVALID[case]
-    path = revision(project, "b0000000000a", HEAD, module=module)
-    revision(project, "b0000000000b", "b0000000000a")
+    path = add_revision(project, "b0000000000a", HEAD, module=module)
+    add_revision(project, "b0000000000b", "b0000000000a")
     line = len(path.read_text().splitlines())
     result = run_dbinit("manifest", cwd=project)
     assert result.returncode == 2, result.output

@@ -23,13 +23,6 @@ ROOT = "374752db316e"  # the example's root
 UNREACHABLE = "postgresql://u@127.0.0.1:1/x"
 
 
-def revision(project: Path, rev: str, down: str | None, body: str = "pass", module: str = "") -> Path:
-    """A revision file; ``module`` lines are added at module level (the declarations)."""
-    path = add_revision(project, rev, down, body)
-    if module:
-        path.write_text(path.read_text() + "\n" + module + "\n")
-    return path
-
 
 def phases_of(project: Path) -> dict[str, RevisionPhase]:
     return dict(revision_phases(read_migration_scripts(project / "alembic.ini")))
@@ -124,7 +117,7 @@ CORPUS: dict[str, tuple[str, str, str]] = {
 @pytest.mark.parametrize("shape", sorted(CORPUS))
 def test_inferred_phase_of_each_shape(project: Path, shape: str) -> None:
     body, phase, reason = CORPUS[shape]
-    path = revision(project, "ca5e00000001", HEAD, body)
+    path = add_revision(project, "ca5e00000001", HEAD, body)
     found = phases_of(project)["ca5e00000001"]
     assert (found.phase, found.source, found.reason) == (phase, "inferred", reason)
     # an expand keeps its parent's compatible_since (the example's chain: all expands from the root);
@@ -135,13 +128,13 @@ def test_inferred_phase_of_each_shape(project: Path, shape: str) -> None:
 
 
 def test_line_points_at_the_deciding_operation(project: Path) -> None:
-    path = revision(project, "ca5e00000001", HEAD,
+    path = add_revision(project, "ca5e00000001", HEAD,
                     'op.add_column("orders", sa.Column("n", sa.Text()))\nop.drop_column("orders", "status")')
     assert phases_of(project)["ca5e00000001"].line == line_of(path, "op.drop_column")
 
 
 def test_a_helper_function_of_the_file_is_followed(project: Path) -> None:
-    path = revision(project, "ca5e00000001", HEAD, "_cleanup()",
+    path = add_revision(project, "ca5e00000001", HEAD, "_cleanup()",
                     module='def _cleanup() -> None:\n    op.drop_table("legacy")')
     found = phases_of(project)["ca5e00000001"]
     assert (found.phase, found.reason, found.line) == (
@@ -163,10 +156,10 @@ def test_the_examples_chain(project: Path) -> None:
 
 
 def test_compatible_since_through_a_chain(project: Path) -> None:
-    revision(project, "c0000000000a", HEAD, 'op.add_column("orders", sa.Column("a", sa.Text()))')
-    revision(project, "c0000000000b", "c0000000000a", 'op.drop_column("orders", "status")')
-    revision(project, "c0000000000c", "c0000000000b", 'op.create_index("ix_a", "orders", ["a"])')
-    revision(project, "c0000000000d", "c0000000000c", "pass")
+    add_revision(project, "c0000000000a", HEAD, 'op.add_column("orders", sa.Column("a", sa.Text()))')
+    add_revision(project, "c0000000000b", "c0000000000a", 'op.drop_column("orders", "status")')
+    add_revision(project, "c0000000000c", "c0000000000b", 'op.create_index("ix_a", "orders", ["a"])')
+    add_revision(project, "c0000000000d", "c0000000000c", "pass")
     phases = phases_of(project)
     assert [phases[r].compatible_since for r in ("c0000000000a", "c0000000000b", "c0000000000c",
                                                   "c0000000000d")] == [
@@ -174,9 +167,9 @@ def test_compatible_since_through_a_chain(project: Path) -> None:
 
 
 def test_a_merge_takes_the_parent_latest_in_upgrade_order(project: Path) -> None:
-    revision(project, "a0000000000a", HEAD, 'op.drop_column("orders", "status")')  # contract
-    revision(project, "b0000000000b", HEAD, 'op.create_index("ix", "orders", ["id"])')  # expand
-    revision(project, "e0000000000e", ("a0000000000a", "b0000000000b"), "pass")  # type: ignore[arg-type]
+    add_revision(project, "a0000000000a", HEAD, 'op.drop_column("orders", "status")')  # contract
+    add_revision(project, "b0000000000b", HEAD, 'op.create_index("ix", "orders", ["id"])')  # expand
+    add_revision(project, "e0000000000e", ("a0000000000a", "b0000000000b"), "pass")  # type: ignore[arg-type]
     phases = phases_of(project)
     assert phases["b0000000000b"].compatible_since == ROOT
     assert phases["e0000000000e"].compatible_since == "a0000000000a"
@@ -184,7 +177,7 @@ def test_a_merge_takes_the_parent_latest_in_upgrade_order(project: Path) -> None
 
 
 def test_declared_phase_wins_over_the_inference(project: Path) -> None:
-    revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")',
+    add_revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")',
              module='dbinit_phase = "expand"')
     found = phases_of(project)["d0000000000a"]
     assert (found.phase, found.source, found.reason, found.line) == ("expand", "declared", "declared", None)
@@ -192,10 +185,10 @@ def test_declared_phase_wins_over_the_inference(project: Path) -> None:
 
 
 def test_declared_contract_with_compatible_since(project: Path) -> None:
-    revision(project, "d0000000000a", HEAD, 'op.add_column("orders", sa.Column("a", sa.Text()))')
-    revision(project, "d0000000000b", "d0000000000a", 'op.drop_column("orders", "status")',
+    add_revision(project, "d0000000000a", HEAD, 'op.add_column("orders", sa.Column("a", sa.Text()))')
+    add_revision(project, "d0000000000b", "d0000000000a", 'op.drop_column("orders", "status")',
              module='dbinit_phase: str = "contract"\ndbinit_compatible_since = "d0000000000a"')
-    revision(project, "d0000000000c", "d0000000000b", "pass")
+    add_revision(project, "d0000000000c", "d0000000000b", "pass")
     phases = phases_of(project)
     assert (phases["d0000000000b"].phase, phases["d0000000000b"].source) == ("contract", "declared")
     assert phases["d0000000000b"].compatible_since == "d0000000000a"
@@ -203,7 +196,7 @@ def test_declared_contract_with_compatible_since(project: Path) -> None:
 
 
 def test_declared_compatible_since_alone_keeps_the_inferred_phase(project: Path) -> None:
-    revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")',
+    add_revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")',
              module='dbinit_compatible_since = "5c9a1e7b2f40"')
     found = phases_of(project)["d0000000000a"]
     assert (found.phase, found.source, found.compatible_since) == ("contract", "inferred", "5c9a1e7b2f40")
@@ -227,8 +220,8 @@ def test_an_invalid_declaration_is_exit_2_naming_file_and_line(
     project: Path, sqlite_database: TestDatabase, case: str, command: tuple[str, ...]
 ) -> None:
     module, message = INVALID[case]
-    path = revision(project, "bad000000001", HEAD, module=module)
-    revision(project, "bad000000002", "bad000000001")
+    path = add_revision(project, "bad000000001", HEAD, module=module)
+    add_revision(project, "bad000000002", "bad000000001")
     line = len(path.read_text().splitlines())  # the last line: the offending (second) assignment
     result = run_dbinit(*command, cwd=project, DATABASE_URL=sqlite_database.url)
     assert result.returncode == 2, result.output
@@ -239,7 +232,7 @@ def test_an_invalid_declaration_is_exit_2_naming_file_and_line(
 def test_migrate_refuses_an_invalid_declaration_before_the_lock(
     project: Path, sqlite_database: TestDatabase
 ) -> None:
-    path = revision(project, "bad000000001", HEAD, 'op.drop_column("orders", "status")',
+    path = add_revision(project, "bad000000001", HEAD, 'op.drop_column("orders", "status")',
                     module='dbinit_phase = "later"')
     result = run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url)
     assert result.returncode == 2, result.output
@@ -248,7 +241,7 @@ def test_migrate_refuses_an_invalid_declaration_before_the_lock(
 
 
 def test_verify_never_reads_the_phases(project: Path, sqlite_database: TestDatabase) -> None:
-    path = revision(project, "bad000000001", HEAD)
+    path = add_revision(project, "bad000000001", HEAD)
     assert run_dbinit("migrate", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
     path.write_text(path.read_text() + '\ndbinit_phase = "later"\n')
     assert run_dbinit("verify", cwd=project, DATABASE_URL=sqlite_database.url).returncode == 0
@@ -256,8 +249,8 @@ def test_verify_never_reads_the_phases(project: Path, sqlite_database: TestDatab
 
 
 def test_showmigrations_shows_phases(project: Path, sqlite_database: TestDatabase) -> None:
-    revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")')
-    revision(project, "d0000000000b", "d0000000000a", module='dbinit_phase = "contract"')
+    add_revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")')
+    add_revision(project, "d0000000000b", "d0000000000a", module='dbinit_phase = "contract"')
     text = run_dbinit("showmigrations", cwd=project, DATABASE_URL=sqlite_database.url)
     assert text.returncode == 0, text.output
     lines = text.stdout.splitlines()
@@ -277,7 +270,7 @@ def test_showmigrations_shows_phases(project: Path, sqlite_database: TestDatabas
 
 
 def test_check_warns_about_inferred_contracts_without_a_database(project: Path) -> None:
-    path = revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")')
+    path = add_revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")')
     result = run_dbinit("check", "--tag", "migrations", cwd=project, DATABASE_URL=UNREACHABLE)
     assert result.returncode == 0, result.output  # a warning: it does not fail by default
     line = line_of(path, "op.drop_column")
@@ -306,7 +299,7 @@ def test_check_warns_about_inferred_contracts_without_a_database(project: Path) 
 
 
 def test_check_silences_w010(project: Path) -> None:
-    revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")')
+    add_revision(project, "d0000000000a", HEAD, 'op.drop_column("orders", "status")')
     result = run_dbinit("check", "--tag", "migrations", cwd=project, DATABASE_URL=UNREACHABLE,
                         DBINIT_SILENCED_CHECKS="dbinit.W010")
     assert result.returncode == 0, result.output

@@ -193,9 +193,10 @@ def run_dbinit(
 
 
 def add_revision(
-    project: Path, rev_id: str, down: str | None, body: str = "pass", **extra: str
+    project: Path, rev_id: str, down: str | None, body: str = "pass", module: str = "", **extra: str
 ) -> Path:
-    """Write a revision file in Alembic's own shape."""
+    """Write a revision file in Alembic's own shape; ``module`` lines are added at module level (e.g. the
+    phase declarations)."""
     versions = project / "migrations" / "versions"
     lines = [
         f'"""revision {rev_id}',
@@ -227,7 +228,7 @@ def add_revision(
         "",
     ]
     path = versions / f"{rev_id}_revision.py"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + ("\n" + module + "\n" if module else ""))
     return path
 
 
